@@ -1,0 +1,1 @@
+"""Scheduling only: each job finds what is due and enqueues it; services do the work."""

@@ -1,0 +1,45 @@
+"""The APScheduler process: periodic jobs that find due work in the database and enqueue it."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import structlog
+from apscheduler.schedulers.base import BaseScheduler
+from apscheduler.schedulers.blocking import BlockingScheduler
+
+from worker.bootstrap import App
+
+log = structlog.get_logger(__name__)
+
+S = TypeVar("S", bound=BaseScheduler)
+
+
+def relay_outbox(app: App) -> int:
+    """Queue what is committed but not queued, scheduled rows that became due, and orphaned claims."""
+    return app.relay()
+
+
+def add_jobs(scheduler: S, app: App) -> S:
+    """Register every periodic job. One instance of each at a time; a late run is coalesced, not stacked."""
+    scheduler.add_job(
+        relay_outbox,
+        "interval",
+        seconds=app.settings.outbox.relay_interval_seconds,
+        args=[app],
+        id="relay_outbox",
+        max_instances=1,
+        coalesce=True,
+        replace_existing=True,
+    )
+    return scheduler
+
+
+def run_blocking(app: App) -> None:
+    """The ``scheduler`` process: blocks until SIGINT/SIGTERM."""
+    scheduler = add_jobs(BlockingScheduler(timezone="UTC"), app)
+    log.info("scheduler.start", jobs=[job.id for job in scheduler.get_jobs()])
+    try:
+        scheduler.start()
+    except (KeyboardInterrupt, SystemExit):
+        log.info("scheduler.stop")

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from worker.bootstrap import build_providers
+from worker.errors import ConfigError
+from worker.settings import load_settings
+
+
+def test_defaults_come_from_settings_toml() -> None:
+    settings = load_settings()
+    assert settings.env == "embedded"
+    assert settings.broker == "memory"
+    assert settings.providers["push"] == ["console"]
+    assert settings.delivery.max_attempts == 8
+
+
+def test_environment_overrides_toml_including_nested(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CARENOTIFY_DELIVERY__MAX_ATTEMPTS", "3")
+    monkeypatch.setenv("CARENOTIFY_WORKER_THREADS", "2")
+    settings = load_settings()
+    assert settings.delivery.max_attempts == 3
+    assert settings.worker_threads == 2
+    assert settings.delivery.claim_lease_seconds == 300  # the rest of the table still comes from the file
+
+
+def test_env_section_is_laid_over_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CARENOTIFY_ENV", "production")
+    settings = load_settings()
+    assert settings.env == "production"
+    assert settings.broker == "redis"
+    assert settings.log_format == "json"
+    assert settings.delivery.max_attempts == 8
+
+
+def test_invalid_value_names_the_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CARENOTIFY_DELIVERY__MAX_ATTEMPTS", "many")
+    with pytest.raises(ConfigError, match="CARENOTIFY_DELIVERY__MAX_ATTEMPTS"):
+        load_settings()
+
+
+def test_unknown_time_zone_is_refused() -> None:
+    with pytest.raises(ConfigError, match="CARENOTIFY_DEFAULT_TIME_ZONE.*unknown IANA time zone"):
+        load_settings(default_time_zone="Mars/Olympus")
+
+
+def test_unknown_key_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "settings.toml"
+    path.write_text('[default]\nbrokr = "redis"\n')
+    monkeypatch.setenv("CARENOTIFY_SETTINGS_FILE", str(path))
+    with pytest.raises(ConfigError, match="BROKR"):
+        load_settings()
+
+
+def test_secret_in_settings_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "settings.toml"
+    path.write_text('[default]\ntwilio_auth_token = "abc"\n')
+    monkeypatch.setenv("CARENOTIFY_SETTINGS_FILE", str(path))
+    with pytest.raises(ConfigError, match="CARENOTIFY_TWILIO_AUTH_TOKEN") as info:
+        load_settings()
+    assert "abc" not in str(info.value)
+
+
+def test_secret_from_environment_and_missing_secret_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CARENOTIFY_SENDGRID_API_KEY", "SG.secret")
+    settings = load_settings()
+    assert settings.require_secret("sendgrid_api_key") == "SG.secret"
+    assert "SG.secret" not in repr(settings)
+    with pytest.raises(ConfigError, match="CARENOTIFY_TWILIO_AUTH_TOKEN"):
+        settings.require_secret("twilio_auth_token")
+
+
+def test_unknown_provider_or_channel_is_refused() -> None:
+    with pytest.raises(ConfigError, match="unknown provider 'pigeon'"):
+        build_providers(load_settings(providers={"push": ["pigeon"]}))
+    with pytest.raises(ConfigError, match="unknown channel 'fax'"):
+        load_settings(providers={"fax": ["console"]})
+
+
+def test_bad_database_url_does_not_echo_credentials() -> None:
+    from worker.db import make_engine
+
+    with pytest.raises(ConfigError, match="CARENOTIFY_DATABASE_URL") as info:
+        make_engine("::not a url:: hunter2")
+    assert "hunter2" not in str(info.value)

@@ -1,0 +1,1 @@
+"""carenotify worker: models, services, actors, broker and the composition root."""

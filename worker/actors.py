@@ -1,0 +1,55 @@
+"""Thin dramatiq actors: decode the message, call a service, turn its report into broker behaviour.
+
+Declared against an explicit broker by the bootstrap (no global broker, nothing at import time).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+import structlog
+
+from worker.delivery import DeliveryDeps, deliver
+from worker.notifications import give_up
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Actors:
+    deliver: dramatiq.Actor[[int], None]
+    give_up: dramatiq.Actor[[dict[str, Any], dict[str, Any]], None]
+
+
+def declare_actors(broker: dramatiq.Broker, deps: DeliveryDeps, *, queue_name: str) -> Actors:
+    """Register the actors on ``broker``; their retry policy comes from the delivery settings."""
+    cfg = deps.settings
+
+    def _give_up(message: dict[str, Any], retry_info: dict[str, Any]) -> None:
+        """Retries exhausted on unexpected errors: write the final failure (the one place that does)."""
+        args = message.get("args") or []
+        if args:
+            give_up(deps.engine, deps.clock, int(args[0]), retries=int(retry_info.get("retries", 0)))
+
+    give_up_actor = dramatiq.actor(broker=broker, actor_name="give_up", queue_name=queue_name, max_retries=3)(_give_up)
+
+    def _deliver(notification_id: int) -> None:
+        report = deliver(deps, notification_id)
+        if report.retry_in is not None:
+            # The provider (or our backoff) said "later": wait in the broker, not in this thread.
+            raise dramatiq.Retry(delay=int(report.retry_in * 1000))
+
+    deliver_actor = dramatiq.actor(
+        broker=broker,
+        actor_name="deliver",
+        queue_name=queue_name,
+        # The database counts attempts and settles the row; the broker's cap is only a backstop for crashes.
+        max_retries=cfg.max_attempts + 3,
+        min_backoff=int(cfg.min_backoff_seconds * 1000),
+        max_backoff=int(cfg.max_backoff_seconds * 1000),
+        time_limit=cfg.time_limit_seconds * 1000,
+        on_retry_exhausted="give_up",
+    )(_deliver)
+    return Actors(deliver=deliver_actor, give_up=give_up_actor)

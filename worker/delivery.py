@@ -1,0 +1,335 @@
+"""Delivering one notification: claim, decide at send time, render, call providers, record, settle.
+
+The database transaction is closed before any provider call. Each provider call is one
+:class:`DeliveryAttempt`. A retry skips targets a provider already accepted, so it never sends twice what
+was taken. Whatever happens, the row ends in a terminal state with a reason, or waits (RETRYING /
+DEFERRED) with a ``not_before`` that the relay watches.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import structlog
+from sqlalchemy import select, update
+from sqlalchemy.engine import Engine
+from sqlmodel import col
+
+from integrations.base import OutboundMessage, Outcome, Provider, SendResult
+from worker.categories import Category, Channel
+from worker.clock import Clock
+from worker.db import session_scope
+from worker.models import DeliveryAttempt, Device, Notification, Patient, Preference
+from worker.notifications import claim, transition
+from worker.policy import decide
+from worker.settings import DeliverySettings
+from worker.states import State
+from worker.templates import render
+
+log = structlog.get_logger(__name__)
+
+#: A config error is fixed by a person, not by waiting a few seconds.
+CONFIG_ERROR_MIN_DELAY = 300.0
+
+
+@dataclass
+class DeliveryDeps:
+    """What delivering needs; built once in the bootstrap."""
+
+    engine: Engine
+    clock: Clock
+    providers: Mapping[Channel, Sequence[Provider]]
+    settings: DeliverySettings
+    rng: random.Random = field(default_factory=random.Random)
+
+
+@dataclass(frozen=True)
+class Report:
+    """What one run of :func:`deliver` did. ``retry_in`` (seconds) asks the actor to run again later."""
+
+    notification_id: int
+    state: State | None
+    reason: str | None
+    retry_in: float | None = None
+
+
+@dataclass(frozen=True)
+class _Target:
+    key: str  # what DeliveryAttempt.target stores: "device:<id>" or the channel name
+    address: str
+    platform: str | None = None
+    device_id: int | None = None
+
+
+@dataclass
+class _ChannelResult:
+    channel: Channel
+    accepted: int = 0
+    already: int = 0
+    results: list[tuple[str, SendResult]] = field(default_factory=list)
+
+    def reached(self) -> bool:
+        return self.accepted + self.already > 0
+
+    def waiting(self) -> list[SendResult]:
+        return [r for _, r in self.results if r.outcome in (Outcome.RETRY, Outcome.CONFIG_ERROR)]
+
+
+def deliver(deps: DeliveryDeps, notification_id: int) -> Report:
+    """Run the send-time path for one notification. Safe to call any number of times for the same id."""
+    row = claim(deps.engine, deps.clock, notification_id, lease=timedelta(seconds=deps.settings.claim_lease_seconds))
+    if row is None:
+        return Report(notification_id, None, "not claimable: already settled, not yet due, or held by another worker")
+    try:
+        return _deliver_claimed(deps, row)
+    except Exception as exc:
+        _release_after_error(deps, notification_id, exc)
+        raise
+
+
+def _deliver_claimed(deps: DeliveryDeps, row: Notification) -> Report:
+    assert row.id is not None
+    with session_scope(deps.engine) as session:
+        patient = session.get(Patient, row.patient_id)
+        if patient is None:  # erased between the claim and now
+            return Report(row.id, None, "patient erased")
+        session.expunge(patient)
+        devices = list(session.scalars(select(Device).where(col(Device.patient_id) == row.patient_id)))
+        preferences = list(session.scalars(select(Preference).where(col(Preference.patient_id) == row.patient_id)))
+        accepted_before = set(
+            session.scalars(
+                select(col(DeliveryAttempt.target)).where(
+                    col(DeliveryAttempt.notification_id) == row.id,
+                    col(DeliveryAttempt.outcome) == Outcome.ACCEPTED.value,
+                )
+            )
+        )
+        for obj in devices + preferences:
+            session.expunge(obj)
+
+    now = deps.clock.now()
+    decision = decide(notification=row, patient=patient, preferences=preferences, devices=devices, now=now)
+    if decision.expire:
+        return _settle(deps, row.id, State.EXPIRED, decision.expire)
+    if decision.suppress:
+        return _settle(deps, row.id, State.SUPPRESSED, decision.suppress)
+    if decision.defer_until is not None:
+        return _settle(deps, row.id, State.DEFERRED, decision.defer_reason, not_before=decision.defer_until)
+
+    outcomes: list[_ChannelResult] = []
+    for channel in decision.channels:
+        result = _send_channel(deps, row, patient, devices, channel, accepted_before)
+        outcomes.append(result)
+        if decision.fallback and (result.reached() or result.waiting()):
+            break
+    return _conclude(deps, row, outcomes, decision.notes)
+
+
+def _targets(channel: Channel, patient: Patient, devices: Sequence[Device]) -> list[_Target]:
+    if channel is Channel.PUSH:
+        return [_Target(f"device:{d.id}", d.token, d.platform, d.id) for d in devices if d.live]
+    if channel is Channel.SMS and patient.phone_e164:
+        return [_Target("sms", patient.phone_e164)]
+    if channel is Channel.EMAIL and patient.email:
+        return [_Target("email", patient.email)]
+    if channel is Channel.INAPP:
+        return [_Target("inapp", patient.external_ref)]
+    return []
+
+
+def _send_channel(
+    deps: DeliveryDeps,
+    row: Notification,
+    patient: Patient,
+    devices: Sequence[Device],
+    channel: Channel,
+    accepted_before: set[str],
+) -> _ChannelResult:
+    out = _ChannelResult(channel)
+    providers = deps.providers.get(channel) or ()
+    if not providers:
+        out.results.append(("-", SendResult(outcome=Outcome.FAILED, detail=f"no provider configured for {channel}")))
+        return out
+    provider = providers[0]
+    text = render(Category(row.category), channel, patient.locale)
+    for target in _targets(channel, patient, devices):
+        if target.key in accepted_before:
+            out.already += 1
+            continue
+        message = OutboundMessage(
+            notification_id=row.id or 0,
+            idempotency_key=f"{row.idempotency_key}:{target.key}",
+            channel=channel,
+            category=str(row.category),
+            address=target.address,
+            platform=target.platform,
+            title=text.title,
+            body=text.body,
+            data={"notification_id": str(row.id), "category": str(row.category)},
+            promotional=row.category == Category.MARKETING,
+        )
+        started = deps.clock.now()
+        t0 = time.perf_counter()
+        result = provider.send(message=message)
+        elapsed_ms = int((time.perf_counter() - t0) * 1000)
+        _record_attempt(deps, row, channel, provider.name, target, result, started, elapsed_ms)
+        out.results.append((provider.name, result))
+        if result.outcome is Outcome.ACCEPTED:
+            out.accepted += 1
+    return out
+
+
+def _record_attempt(
+    deps: DeliveryDeps,
+    row: Notification,
+    channel: Channel,
+    provider: str,
+    target: _Target,
+    result: SendResult,
+    started: datetime,
+    elapsed_ms: int,
+) -> None:
+    with session_scope(deps.engine) as session:
+        session.add(
+            DeliveryAttempt(
+                notification_id=row.id or 0,
+                channel=channel,
+                provider=provider,
+                target=target.key,
+                device_id=target.device_id,
+                outcome=result.outcome.value,
+                provider_ref=result.provider_ref,
+                error_code=result.error_code,
+                detail=(result.detail or "")[:500] or None,
+                started_at=started,
+                duration_ms=elapsed_ms,
+            )
+        )
+        if result.outcome is Outcome.TOKEN_DEAD and target.device_id is not None:
+            session.execute(
+                update(Device)
+                .where(col(Device.id) == target.device_id)
+                .values(
+                    live=False,
+                    dead_at=deps.clock.now(),
+                    dead_reason=(result.error_code or "token dead")[:200],
+                )
+            )
+    log.info(
+        "delivery.attempt",
+        notification_id=row.id,
+        channel=str(channel),
+        provider=provider,
+        target=target.key,
+        outcome=result.outcome.value,
+        error_code=result.error_code,
+        duration_ms=elapsed_ms,
+    )
+
+
+def _conclude(deps: DeliveryDeps, row: Notification, outcomes: list[_ChannelResult], notes: tuple[str, ...]) -> Report:
+    """Settle the row: retry while any target is still waiting, else sent if anything got through."""
+    assert row.id is not None
+    reached = [o for o in outcomes if o.reached()]
+    waiting = [r for o in outcomes for r in o.waiting()]
+    problems = [
+        _describe(o.channel, name, r) for o in outcomes for name, r in o.results if r.outcome is not Outcome.ACCEPTED
+    ]
+    if waiting and row.attempt_count < deps.settings.max_attempts:
+        delay = _retry_delay(deps, row.attempt_count, waiting)
+        return _settle(
+            deps,
+            row.id,
+            State.RETRYING,
+            f"attempt {row.attempt_count} of {deps.settings.max_attempts}: {'; '.join(problems[-3:])}",
+            not_before=deps.clock.now() + timedelta(seconds=delay),
+            retry_in=delay,
+        )
+    if reached:
+        parts = [f"{o.channel} ({_plural(o.accepted + o.already, 'target')})" for o in reached]
+        reason = "accepted: " + ", ".join(parts)
+        if problems:
+            reason += "; not reached: " + "; ".join(problems[-3:])
+        return _settle(deps, row.id, State.SENT, reason)
+    if waiting:
+        last = "; ".join(problems[-3:])
+        return _settle(deps, row.id, State.FAILED, f"gave up after {row.attempt_count} attempts; last: {last}")
+    if problems:
+        return _settle(deps, row.id, State.FAILED, "; ".join(problems))
+    return _settle(deps, row.id, State.FAILED, "no reachable contact point: " + ("; ".join(notes) or "no channel"))
+
+
+def _describe(channel: Channel, provider: str, result: SendResult) -> str:
+    code = f" {result.error_code}" if result.error_code else ""
+    detail = f" ({result.detail})" if result.detail else ""
+    return f"{channel}/{provider}: {result.outcome}{code}{detail}"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _retry_delay(deps: DeliveryDeps, attempt: int, waiting: list[SendResult]) -> float:
+    """Exponential backoff with jitter, never sooner than the provider asked."""
+    cfg = deps.settings
+    base = min(cfg.max_backoff_seconds, cfg.min_backoff_seconds * 2 ** max(0, attempt - 1))
+    delay = base * deps.rng.uniform(0.5, 1.0)
+    asked = max((r.retry_after or 0.0) for r in waiting)
+    if any(r.outcome is Outcome.CONFIG_ERROR for r in waiting):
+        asked = max(asked, CONFIG_ERROR_MIN_DELAY)
+    return float(max(delay, asked))
+
+
+def _settle(
+    deps: DeliveryDeps,
+    notification_id: int,
+    state: State,
+    reason: str | None,
+    *,
+    not_before: datetime | None = None,
+    retry_in: float | None = None,
+) -> Report:
+    now = deps.clock.now()
+    with session_scope(deps.engine) as session:
+        row = session.get(Notification, notification_id)
+        if row is None:
+            return Report(notification_id, None, "patient erased while sending")
+        transition(session, row, state, reason=reason, now=now)
+        if state in (State.RETRYING, State.DEFERRED):
+            row.not_before = not_before
+            row.lease_until = None
+            # A retry's broker message becomes visible at not_before; a deferral has none (the relay queues it).
+            row.enqueued_at = not_before if state is State.RETRYING else None
+    log.info("notification.settled", notification_id=notification_id, state=str(state))
+    return Report(notification_id, state, reason, retry_in)
+
+
+def _release_after_error(deps: DeliveryDeps, notification_id: int, exc: Exception) -> None:
+    """An unexpected error after the claim: hand the row back for a retry rather than leave it SENDING."""
+    now = deps.clock.now()
+    delay = deps.settings.min_backoff_seconds
+    try:
+        with session_scope(deps.engine) as session:
+            row = session.get(Notification, notification_id)
+            if row is None or row.state != State.SENDING:
+                return
+            reason = f"internal error ({type(exc).__name__}); will retry"
+            if row.attempt_count >= deps.settings.max_attempts:
+                transition(
+                    session,
+                    row,
+                    State.FAILED,
+                    reason=f"internal error ({type(exc).__name__}) on the last attempt",
+                    now=now,
+                )
+                return
+            transition(session, row, State.RETRYING, reason=reason, now=now)
+            row.not_before = now + timedelta(seconds=delay)
+            row.enqueued_at = row.not_before
+            row.lease_until = None
+    except Exception:  # the database itself may be what failed; the lease will run out and the relay recovers
+        log.exception("delivery.release_failed", notification_id=notification_id)

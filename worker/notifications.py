@@ -1,0 +1,271 @@
+"""Creating notifications (the outbox), moving them through the state machine, and the outbox relay."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col
+
+from worker.categories import Category, Channel
+from worker.clock import Clock
+from worker.db import session_scope
+from worker.errors import IllegalTransition, InvalidInput, NotFound
+from worker.models import Notification, NotificationEvent, Patient
+from worker.states import CLAIMABLE, TERMINAL, State, can_transition
+
+log = structlog.get_logger(__name__)
+
+#: Puts one ``deliver(notification_id)`` message on the broker.
+Enqueue = Callable[[int], None]
+
+
+def _id(row: Notification) -> int:
+    if row.id is None:
+        raise ValueError("notification has no id yet (not flushed)")
+    return row.id
+
+
+def transition(
+    session: Session, notification: Notification, target: State, *, reason: str | None, now: datetime
+) -> None:
+    """Move ``notification`` to ``target`` and write the event down. Raises on a transition not allowed."""
+    source = State(notification.state)
+    if not can_transition(source, target):
+        raise IllegalTransition(f"notification {notification.id}: {source} -> {target} is not allowed")
+    notification.state = target
+    notification.reason = reason[:500] if reason else None
+    notification.updated_at = now
+    if target in TERMINAL:
+        notification.finished_at = now
+        notification.lease_until = None
+    session.add(notification)
+    session.add(
+        NotificationEvent(notification_id=_id(notification), from_state=source, to_state=target, reason=reason, at=now)
+    )
+
+
+@dataclass(frozen=True)
+class Submitted:
+    notification_id: int
+    created: bool  # False when the idempotency key was seen before
+
+
+def submit(
+    engine: Engine,
+    clock: Clock,
+    enqueue: Enqueue,
+    *,
+    patient_id: int,
+    category: Category | str,
+    idempotency_key: str,
+    channels: list[Channel] | None = None,
+    context: dict[str, Any] | None = None,
+    not_before: datetime | None = None,
+    expires_at: datetime | None = None,
+    ttl: timedelta | None = None,
+) -> Submitted:
+    """Commit a notification row, then enqueue it (outbox order: nothing is sent that is not stored).
+
+    The same idempotency key returns the existing notification instead of a second one. A row whose
+    ``not_before`` lies ahead is not enqueued now: the relay queues it when it becomes due.
+    """
+    try:
+        category = Category(category)
+    except ValueError:
+        raise InvalidInput("category", f"unknown category (known: {', '.join(Category)})") from None
+    if not idempotency_key or len(idempotency_key) > 200:
+        raise InvalidInput("idempotency_key", "must be 1 to 200 characters")
+    for name, value in (("not_before", not_before), ("expires_at", expires_at)):
+        if value is not None and value.tzinfo is None:
+            raise InvalidInput(name, "must be a timezone-aware instant")
+    now = clock.now()
+    if expires_at is None and ttl is not None:
+        expires_at = (not_before or now) + ttl
+
+    with session_scope(engine) as session:
+        existing = session.scalars(
+            select(col(Notification.id)).where(col(Notification.idempotency_key) == idempotency_key)
+        ).first()
+        if existing is not None:
+            return Submitted(notification_id=existing, created=False)
+        if session.get(Patient, patient_id) is None:
+            raise NotFound(f"patient {patient_id} does not exist")
+        row = Notification(
+            patient_id=patient_id,
+            category=category,
+            channels=[Channel(c).value for c in channels] if channels else None,
+            context=context or {},
+            idempotency_key=idempotency_key,
+            state=State.PENDING,
+            not_before=not_before,
+            expires_at=expires_at,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(row)
+        try:
+            session.flush()
+        except IntegrityError:
+            # Lost a race with the same key: the other writer's row stands.
+            session.rollback()
+            other = session.scalars(
+                select(col(Notification.id)).where(col(Notification.idempotency_key) == idempotency_key)
+            ).one()
+            assert other is not None
+            return Submitted(notification_id=other, created=False)
+        session.add(
+            NotificationEvent(
+                notification_id=_id(row), from_state=None, to_state=State.PENDING, reason="created", at=now
+            )
+        )
+        notification_id = row.id
+    assert notification_id is not None
+
+    if not_before is None or not_before <= now:
+        enqueue(notification_id)
+        mark_enqueued(engine, notification_id, clock.now())
+    log.info("notification.created", notification_id=notification_id, category=str(category))
+    return Submitted(notification_id=notification_id, created=True)
+
+
+def mark_enqueued(engine: Engine, notification_id: int, at: datetime) -> None:
+    with session_scope(engine) as session:
+        # Only if nobody stamped it since (a worker may already have scheduled its retry).
+        session.execute(
+            update(Notification)
+            .where(col(Notification.id) == notification_id, col(Notification.enqueued_at).is_(None))
+            .values(enqueued_at=at)
+        )
+
+
+def claim(engine: Engine, clock: Clock, notification_id: int, *, lease: timedelta) -> Notification | None:
+    """Compare-and-set the row to SENDING; ``None`` if another worker has it or it is not due/claimable.
+
+    A SENDING row whose lease ran out (its worker died mid-send) may be claimed again.
+    """
+    now = clock.now()
+    with session_scope(engine) as session:
+        row = session.get(Notification, notification_id)
+        if row is None:
+            return None
+        observed = State(row.state)
+        due = row.not_before is None or row.not_before <= now
+        stale_lease = observed is State.SENDING and row.lease_until is not None and row.lease_until < now
+        if not ((observed in CLAIMABLE and due) or stale_lease):
+            return None
+        result = session.execute(
+            update(Notification)
+            .where(
+                col(Notification.id) == notification_id,
+                col(Notification.state) == observed,
+                col(Notification.updated_at) == row.updated_at,
+            )
+            .values(
+                state=State.SENDING,
+                lease_until=now + lease,
+                attempt_count=col(Notification.attempt_count) + 1,
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            return None
+        reason = "lease expired; claimed again" if stale_lease else "claimed"
+        session.add(
+            NotificationEvent(
+                notification_id=notification_id,
+                from_state=observed,
+                to_state=State.SENDING,
+                reason=reason,
+                at=now,
+            )
+        )
+        session.refresh(row)
+        session.expunge(row)
+        return row
+
+
+def relay(
+    engine: Engine,
+    clock: Clock,
+    enqueue: Enqueue,
+    *,
+    grace: timedelta,
+    requeue_after: timedelta,
+    batch_size: int,
+) -> int:
+    """Enqueue every row that is due but has no live broker message; returns how many.
+
+    Covers: a crash between commit and enqueue; a scheduled or deferred row becoming due; a broker that lost
+    its message (e.g. a Redis restart); a worker killed mid-send (lease ran out). Rows are locked with
+    ``FOR UPDATE SKIP LOCKED`` on PostgreSQL so several relays never queue the same row twice at once;
+    a duplicate message is harmless anyway because the worker's claim is a compare-and-set.
+    """
+    now = clock.now()
+    due_now = or_(col(Notification.not_before).is_(None), col(Notification.not_before) <= now)
+    never_queued = and_(
+        col(Notification.enqueued_at).is_(None),
+        or_(col(Notification.created_at) <= now - grace, col(Notification.not_before).is_not(None)),
+    )
+    lost = col(Notification.enqueued_at) <= now - requeue_after
+    condition = or_(
+        and_(
+            col(Notification.state).in_([State.PENDING, State.DEFERRED, State.RETRYING]),
+            due_now,
+            or_(never_queued, lost),
+        ),
+        and_(col(Notification.state) == State.SENDING, col(Notification.lease_until) < now),
+    )
+    with session_scope(engine) as session:
+        query = select(col(Notification.id)).where(condition).order_by(col(Notification.id)).limit(batch_size)
+        if engine.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        ids = [row[0] for row in session.execute(query)]
+        for notification_id in ids:
+            enqueue(notification_id)
+        if ids:
+            session.execute(
+                update(Notification)
+                .where(col(Notification.id).in_(ids))
+                .values(enqueued_at=now)
+                .execution_options(synchronize_session=False)
+            )
+    if ids:
+        log.info("outbox.relayed", count=len(ids))
+    return len(ids)
+
+
+def give_up(engine: Engine, clock: Clock, notification_id: int, *, retries: int) -> None:
+    """The broker exhausted its retries on unexpected errors: settle the row as FAILED with the reason."""
+    now = clock.now()
+    with session_scope(engine) as session:
+        row = session.get(Notification, notification_id)
+        if row is None or State(row.state) in TERMINAL:
+            return
+        if State(row.state) is State.SENDING:
+            row.lease_until = None
+        if can_transition(State(row.state), State.FAILED):
+            transition(
+                session,
+                row,
+                State.FAILED,
+                reason=f"worker errors; broker gave up after {retries} retries",
+                now=now,
+            )
+        else:  # PENDING/DEFERRED rows cannot fail directly: go through SENDING for the record
+            transition(session, row, State.SENDING, reason="settling after broker gave up", now=now)
+            transition(
+                session,
+                row,
+                State.FAILED,
+                reason=f"worker errors; broker gave up after {retries} retries",
+                now=now,
+            )
+    log.warning("notification.gave_up", notification_id=notification_id, retries=retries)

@@ -1,0 +1,87 @@
+"""The send-time decision: whether, when and through which channels a notification may go.
+
+Pure: it takes the facts (notification, patient, preferences, devices, now) and returns a decision, so it is
+evaluated at send time for work already queued, and tested without a database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from worker.categories import RULES, Channel
+from worker.models import Device, Notification, Patient, Preference
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Exactly one of: suppress (with reason), expire, defer (until), or send on ``channels`` in order."""
+
+    channels: tuple[Channel, ...] = ()
+    suppress: str | None = None
+    expire: str | None = None
+    defer_until: datetime | None = None
+    defer_reason: str | None = None
+    #: Stop at the first channel that reaches the patient (push, then SMS).
+    fallback: bool = False
+    notes: tuple[str, ...] = field(default=())
+
+
+def requested_channels(notification: Notification) -> tuple[Channel, ...]:
+    rule = RULES[notification.category]
+    if notification.channels:
+        return tuple(Channel(c) for c in notification.channels)
+    return rule.default_channels
+
+
+def muted_channels(notification: Notification, preferences: Iterable[Preference]) -> set[Channel]:
+    """Channels the patient switched off for this category (ignored for required categories)."""
+    if not RULES[notification.category].mutable:
+        return set()
+    return {Channel(p.channel) for p in preferences if p.category == notification.category and not p.enabled}
+
+
+def reachable(channel: Channel, patient: Patient, devices: Sequence[Device]) -> bool:
+    if channel is Channel.PUSH:
+        return any(d.live for d in devices)
+    if channel is Channel.SMS:
+        return bool(patient.phone_e164)
+    if channel is Channel.EMAIL:
+        return bool(patient.email)
+    return True  # in-app: the patient's account always exists while the patient does
+
+
+def decide(
+    *,
+    notification: Notification,
+    patient: Patient,
+    preferences: Sequence[Preference],
+    devices: Sequence[Device],
+    now: datetime,
+) -> Decision:
+    """Evaluate every send-time rule, cheapest and most final first."""
+    if notification.expires_at is not None and notification.expires_at <= now:
+        return Decision(expire=f"expired at {notification.expires_at.isoformat()} before it could be sent")
+
+    rule = RULES[notification.category]
+    wanted = requested_channels(notification)
+    muted = muted_channels(notification, preferences)
+    allowed = tuple(c for c in wanted if c not in muted)
+    if not allowed:
+        return Decision(suppress=f"muted by patient: {notification.category} on {', '.join(sorted(muted))}")
+    usable = tuple(c for c in allowed if reachable(c, patient, devices))
+    notes = tuple(f"{c} muted" for c in sorted(muted & set(wanted)))
+    if not usable:
+        missing = ", ".join(f"no {_contact_name(c)}" for c in allowed)
+        return Decision(channels=(), notes=notes + (f"unreachable: {missing}",), fallback=rule.fallback)
+    return Decision(channels=usable, fallback=rule.fallback, notes=notes)
+
+
+def _contact_name(channel: Channel) -> str:
+    return {
+        Channel.PUSH: "live push device",
+        Channel.SMS: "phone number",
+        Channel.EMAIL: "email address",
+        Channel.INAPP: "in-app account",
+    }[channel]

@@ -1,0 +1,205 @@
+"""One typed settings object.
+
+Sources, strongest first: explicit keyword arguments (tests, CLI flags), environment variables
+(``CARENOTIFY_<KEY>``, nested with ``__``), then ``settings.toml``: its ``[default]`` table overlaid by the
+table named after the environment (``CARENOTIFY_ENV``, e.g. ``[production]``). Secrets are accepted from the
+environment only; a secret found in ``settings.toml`` is an error, so one can never be committed by accident.
+Nothing is read at import time: :func:`load_settings` is called by the bootstrap.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from worker.errors import ConfigError
+
+ENV_PREFIX = "CARENOTIFY_"
+
+#: Field names that are secrets: only ever read from the environment.
+SECRET_FIELDS = frozenset(
+    {
+        "fcm_service_account_json",
+        "apns_private_key",
+        "twilio_auth_token",
+        "sendgrid_api_key",
+        "inapp_api_token",
+        "signing_key",
+    }
+)
+
+
+class DeliverySettings(BaseModel):
+    """How hard we try before a notification is given up as ``failed``."""
+
+    model_config = {"extra": "forbid"}
+
+    max_attempts: int = Field(8, ge=1, le=50)
+    min_backoff_seconds: float = Field(15.0, gt=0)
+    max_backoff_seconds: float = Field(3600.0, gt=0)
+    claim_lease_seconds: int = Field(300, ge=10)
+    time_limit_seconds: int = Field(120, ge=5)
+    #: A notification not sent by then (from its creation) expires instead of arriving late.
+    default_ttl_hours: int = Field(72, ge=1)
+
+
+class OutboxSettings(BaseModel):
+    """The relay that re-enqueues rows committed but never queued (or whose message was lost)."""
+
+    model_config = {"extra": "forbid"}
+
+    relay_interval_seconds: float = Field(15.0, gt=0)
+    #: A fresh row gets this long to be enqueued by whoever created it before the relay steps in.
+    grace_seconds: float = Field(10.0, ge=0)
+    #: A queued row not picked up after this long is assumed lost by the broker and queued again.
+    requeue_after_seconds: float = Field(900.0, gt=0)
+    batch_size: int = Field(500, ge=1)
+
+
+class Settings(BaseSettings):
+    """Everything carenotify can be told. See ``settings.toml`` for the defaults and their meaning."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        case_sensitive=False,
+    )
+
+    env: str = "embedded"
+    database_url: str = "sqlite:///var/carenotify.db"
+    broker: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    queue_name: str = "deliveries"
+    worker_threads: int = Field(4, ge=1, le=64)
+    log_format: Literal["console", "json"] = "console"
+    log_level: str = "INFO"
+    #: Providers tried per channel, in order.
+    providers: dict[str, list[str]] = Field(
+        default_factory=lambda: {
+            "push": ["console"],
+            "sms": ["console"],
+            "email": ["console"],
+            "inapp": ["console"],
+        }
+    )
+    #: Where the console provider writes (``-`` for standard output).
+    console_sink: str = "-"
+    default_time_zone: str = "America/New_York"
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+
+    # Secrets: environment only (see SECRET_FIELDS).
+    fcm_service_account_json: SecretStr | None = None
+    apns_private_key: SecretStr | None = None
+    twilio_auth_token: SecretStr | None = None
+    sendgrid_api_key: SecretStr | None = None
+    inapp_api_token: SecretStr | None = None
+    signing_key: SecretStr | None = None
+
+    @field_validator("default_time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+    @field_validator("providers")
+    @classmethod
+    def _channels_known(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        from worker.categories import Channel
+
+        for channel, names in value.items():
+            if channel not in Channel.__members__.values():
+                raise ValueError(f"unknown channel {channel!r} (known: {', '.join(Channel)})")
+            if not names:
+                raise ValueError(f"channel {channel!r} lists no provider")
+        return value
+
+    def require_secret(self, name: str) -> str:
+        """Return a secret's value or fail naming the environment variable to set."""
+        value = getattr(self, name)
+        if value is None or not value.get_secret_value():
+            raise ConfigError(f"missing secret: set the environment variable {ENV_PREFIX}{name.upper()}")
+        return str(value.get_secret_value())
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlSource(settings_cls))
+
+
+def settings_file() -> Path:
+    """Where ``settings.toml`` is: ``$CARENOTIFY_SETTINGS_FILE``, else the working directory, else the repo."""
+    explicit = os.environ.get(f"{ENV_PREFIX}SETTINGS_FILE")
+    if explicit:
+        return Path(explicit)
+    cwd = Path.cwd() / "settings.toml"
+    if cwd.is_file():
+        return cwd
+    return Path(__file__).resolve().parents[1] / "settings.toml"
+
+
+def _deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """``[default]`` overlaid by ``[<env>]`` from settings.toml; refuses secrets."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = settings_file()
+        if not path.is_file():
+            return {}
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        env = os.environ.get(f"{ENV_PREFIX}ENV") or data.get("default", {}).get("env", "embedded")
+        merged = _deep_merge(data.get("default", {}), data.get(env, {}))
+        merged["env"] = env
+        leaked = sorted(SECRET_FIELDS & set(merged))
+        if leaked:
+            raise ConfigError(
+                f"{path}: secrets must come from the environment, not settings.toml: "
+                + ", ".join(f"{ENV_PREFIX}{name.upper()}" for name in leaked)
+            )
+        return merged
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings, turning validation errors into one readable :class:`ConfigError`."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            key = "__".join(str(part) for part in error["loc"])
+            problems.append(
+                f"{ENV_PREFIX}{key.upper()} (settings.toml key {'.'.join(map(str, error['loc']))}): {error['msg']}"
+            )
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from None

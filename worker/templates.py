@@ -1,0 +1,75 @@
+"""PHI-free texts, per category, channel and locale.
+
+Templates take no patient data at all: no name, condition, clinician, time or message content. A lock
+screen, an SMS or an email may be read by someone else, so they only say *that* there is something and
+send the patient to the app. Marketing variants carry the opt-out wording the law requires.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from worker.categories import Category, Channel
+
+BRAND = "Partum Health"
+LOCALES = ("en", "es")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    title: str
+    body: str
+
+
+_TEXT: dict[tuple[Category, str], tuple[str, str]] = {
+    (Category.CARE_TEAM_MESSAGE, "en"): ("New message", "You have a new message from your care team."),
+    (Category.CARE_TEAM_MESSAGE, "es"): ("Nuevo mensaje", "Tiene un nuevo mensaje de su equipo de atención."),
+    (Category.APPOINTMENT_REMINDER, "en"): (
+        "Appointment reminder",
+        "You have an upcoming appointment. Open the app for details.",
+    ),
+    (Category.APPOINTMENT_REMINDER, "es"): (
+        "Recordatorio de cita",
+        "Tiene una cita próxima. Abra la aplicación para ver los detalles.",
+    ),
+    (Category.SURVEY_REMINDER, "en"): ("Check-in", "A short check-in is waiting for you in the app."),
+    (Category.SURVEY_REMINDER, "es"): (
+        "Seguimiento",
+        "Tiene un breve cuestionario esperándole en la aplicación.",
+    ),
+    (Category.ACCOUNT_NOTICE, "en"): (
+        "Account notice",
+        "There is an update about your account or our policies. Open the app or sign in to read it.",
+    ),
+    (Category.ACCOUNT_NOTICE, "es"): (
+        "Aviso de cuenta",
+        "Hay una novedad sobre su cuenta o nuestras políticas. Abra la aplicación para leerla.",
+    ),
+    (Category.MARKETING, "en"): (
+        "News from Partum Health",
+        "New services and offers are available in the app.",
+    ),
+    (Category.MARKETING, "es"): (
+        "Novedades de Partum Health",
+        "Hay nuevos servicios y ofertas disponibles en la aplicación.",
+    ),
+}
+
+_SMS_STOP = {"en": "Reply STOP to opt out.", "es": "Responda STOP para cancelar."}
+_EMAIL_UNSUBSCRIBE = {"en": "Unsubscribe: {url}", "es": "Cancelar suscripción: {url}"}
+
+
+def render(category: Category, channel: Channel, locale: str, *, unsubscribe_url: str | None = None) -> Rendered:
+    """Render the text for one message. Unknown locales fall back to English."""
+    loc = locale if locale in LOCALES else "en"
+    title, body = _TEXT[(category, loc)]
+    if channel is Channel.SMS:
+        # SMS must name the sender and stay within one 160-character segment.
+        body = f"{BRAND}: {body}"
+        if category is Category.MARKETING:
+            body = f"{body} {_SMS_STOP[loc]}"
+    elif channel is Channel.EMAIL and category is Category.MARKETING:
+        if not unsubscribe_url:
+            raise ValueError("a marketing email needs an unsubscribe URL")
+        body = f"{body}\n\n{_EMAIL_UNSUBSCRIBE[loc].format(url=unsubscribe_url)}"
+    return Rendered(title=title, body=body)
