@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import create_engine
-from sqlmodel import SQLModel
 
-import worker.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from worker.schema import load_all_models
 
-target_metadata = SQLModel.metadata
+target_metadata = load_all_models()
 
 
 def _run(connection: object) -> None:

@@ -36,9 +36,9 @@ REDIS_URL = os.environ.get("CARENOTIFY_TEST_REDIS_URL", "redis://127.0.0.1:6379/
 
 #: Tables in delete order (children first) for resetting PostgreSQL between tests.
 def _all_tables(engine: Engine) -> list[str]:
-    from sqlmodel import SQLModel
+    from worker.schema import load_all_models
 
-    return [t.name for t in reversed(SQLModel.metadata.sorted_tables)]
+    return [t.name for t in reversed(load_all_models().sorted_tables)]
 
 
 @pytest.fixture

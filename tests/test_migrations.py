@@ -6,10 +6,10 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
-from sqlmodel import SQLModel
 
 from worker.db import make_engine
 from worker.migrate import downgrade, upgrade
+from worker.schema import load_all_models
 
 
 def _diff(url: str) -> list[object]:
@@ -17,7 +17,7 @@ def _diff(url: str) -> list[object]:
     try:
         with engine.connect() as conn:
             ctx = MigrationContext.configure(conn, opts={"compare_type": True})
-            return list(compare_metadata(ctx, SQLModel.metadata))
+            return list(compare_metadata(ctx, load_all_models()))
     finally:
         engine.dispose()
 
