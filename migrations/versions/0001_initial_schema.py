@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-24 19:04:56.292519
+Create Date: 2026-11-24 19:12:38.994240
 """
 
 from collections.abc import Sequence
@@ -36,6 +36,23 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("patient", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_patient_external_ref"), ["external_ref"], unique=True)
+
+    op.create_table(
+        "consent_event",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
+        sa.Column("patient_id", sa.Integer(), nullable=False),
+        sa.Column("channel", sa.String(length=16), nullable=False),
+        sa.Column("category", sa.String(length=32), nullable=True),
+        sa.Column("granted", sa.Boolean(), nullable=False),
+        sa.Column("source", sa.String(length=32), nullable=False),
+        sa.Column("actor", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
+        sa.Column("detail", sqlmodel.sql.sqltypes.AutoString(length=300), nullable=True),
+        sa.Column("at", worker.db.UTCDateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["patient_id"], ["patient.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    with op.batch_alter_table("consent_event", schema=None) as batch_op:
+        batch_op.create_index("ix_consent_event_lookup", ["patient_id", "channel", "category", "id"], unique=False)
 
     op.create_table(
         "device",
@@ -169,6 +186,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_device_patient_id"))
 
     op.drop_table("device")
+    with op.batch_alter_table("consent_event", schema=None) as batch_op:
+        batch_op.drop_index("ix_consent_event_lookup")
+
+    op.drop_table("consent_event")
     with op.batch_alter_table("patient", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_patient_external_ref"))
 

@@ -1,0 +1,42 @@
+"""The consent ledger: append-only. Current consent is the latest event per (patient, channel, category)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import Column, ForeignKey, Index, Integer, String
+from sqlmodel import Field, SQLModel
+
+from worker.db import UTCDateTime
+from worker.models import BigId
+
+
+class ConsentSource(StrEnum):
+    APP = "app"  # the patient, in the app
+    API = "api"  # the care platform, on the patient's behalf
+    SMS_KEYWORD = "sms_keyword"  # STOP / START / plain-language revocation by text
+    UNSUBSCRIBE_LINK = "unsubscribe_link"  # email link or RFC 8058 one-click
+    PROVIDER_REPORT = "provider_report"  # Twilio 21610, SendGrid unsubscribe/spamreport
+    OPERATOR = "operator"
+
+
+class ConsentEvent(SQLModel, table=True):
+    """One change of consent. Never updated or deleted (except by erasure of the patient).
+
+    ``category`` NULL means every category on that channel (e.g. SMS STOP stops all texts from the sender).
+    ``detail`` says how, without personal data (e.g. "keyword STOP", "twilio 21610", "written consent form v3").
+    """
+
+    __tablename__ = "consent_event"
+    __table_args__ = (Index("ix_consent_event_lookup", "patient_id", "channel", "category", "id"),)
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    patient_id: int = Field(sa_column=Column(Integer, ForeignKey("patient.id", ondelete="CASCADE"), nullable=False))
+    channel: str = Field(sa_type=String(16))
+    category: str | None = Field(default=None, sa_type=String(32))
+    granted: bool
+    source: ConsentSource = Field(sa_type=String(32))
+    actor: str = Field(max_length=128)
+    detail: str | None = Field(default=None, max_length=300)
+    at: datetime = Field(sa_type=UTCDateTime)
