@@ -122,7 +122,7 @@ def make_app(sqlite_url: str, clock: FrozenClock) -> Iterator[AppFactory]:
         *,
         providers: Mapping[Channel, Sequence[Provider]] | None = None,
         migrate: bool = True,
-        broker_namespace: str = "carenotify",
+        broker_namespace: str | None = None,
         **settings: Any,
     ) -> App:
         settings.setdefault("database_url", sqlite_url)

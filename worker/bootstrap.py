@@ -10,32 +10,116 @@ from typing import Any
 import dramatiq
 from sqlalchemy.engine import Engine
 
+from integrations.apns import ApnsProvider
 from integrations.base import Provider
 from integrations.console import ConsoleProvider
+from integrations.fcm import FcmProvider
+from integrations.http import HttpClients, build_clients
+from integrations.inapp import InAppProvider
+from integrations.sendgrid import SendGridEmailProvider
+from integrations.twilio import TwilioSmsProvider
 from worker.actors import Actors, declare_actors
 from worker.broker import build_broker
 from worker.categories import Channel
+from worker.circuit import CircuitBreakers
 from worker.clock import Clock, SystemClock
 from worker.db import make_engine
 from worker.delivery import DeliveryDeps
 from worker.errors import ConfigError
 from worker.notifications import Submitted, relay, submit
+from worker.ratelimit import build_rate_limits
 from worker.settings import Settings, load_settings
 
+#: Which channels each provider can serve.
+PROVIDER_CHANNELS: dict[str, frozenset[Channel]] = {
+    "console": frozenset(Channel),
+    "fcm": frozenset({Channel.PUSH}),
+    "apns": frozenset({Channel.PUSH}),
+    "twilio": frozenset({Channel.SMS}),
+    "sendgrid": frozenset({Channel.EMAIL}),
+    "inapp": frozenset({Channel.INAPP}),
+}
 
-def build_providers(settings: Settings) -> dict[Channel, list[Provider]]:
+
+def _required(value: str | None, key: str) -> str:
+    if not value:
+        raise ConfigError(f"missing setting: CARENOTIFY_PROVIDER__{key.upper()} (settings.toml provider.{key})")
+    return value
+
+
+def _make_provider(name: str, channel: Channel, settings: Settings, clients: HttpClients, clock: Clock) -> Provider:
+    """One adapter, with its non-secret settings and its secret from the environment; fail fast naming keys."""
+    cfg = settings.provider
+    if name == "console":
+        return ConsoleProvider(channel=channel, sink=settings.console_sink)
+    if name == "fcm":
+        return FcmProvider(
+            client=clients.default,
+            clock=clock,
+            service_account_json=settings.require_secret("fcm_service_account_json"),
+            project_id=cfg.fcm_project_id,
+            base_url=cfg.fcm_base_url,
+        )
+    if name == "apns":
+        return ApnsProvider(
+            client=clients.http2,
+            clock=clock,
+            private_key_pem=settings.require_secret("apns_private_key"),
+            key_id=_required(cfg.apns_key_id, "apns_key_id"),
+            team_id=_required(cfg.apns_team_id, "apns_team_id"),
+            topic=_required(cfg.apns_topic, "apns_topic"),
+            sandbox=cfg.apns_sandbox,
+            base_url=cfg.apns_base_url,
+        )
+    if name == "twilio":
+        if not (cfg.twilio_from_number or cfg.twilio_messaging_service_sid):
+            raise ConfigError("missing setting: CARENOTIFY_PROVIDER__TWILIO_FROM_NUMBER or ..._MESSAGING_SERVICE_SID")
+        return TwilioSmsProvider(
+            client=clients.default,
+            clock=clock,
+            account_sid=_required(cfg.twilio_account_sid, "twilio_account_sid"),
+            auth_token=settings.require_secret("twilio_auth_token"),
+            from_number=cfg.twilio_from_number,
+            messaging_service_sid=cfg.twilio_messaging_service_sid,
+            status_callback=cfg.twilio_status_callback_url,
+            base_url=cfg.twilio_base_url,
+        )
+    if name == "sendgrid":
+        return SendGridEmailProvider(
+            client=clients.default,
+            clock=clock,
+            api_key=settings.require_secret("sendgrid_api_key"),
+            from_email=_required(cfg.sendgrid_from_email, "sendgrid_from_email"),
+            from_name=cfg.sendgrid_from_name,
+            unsubscribe_group_id=cfg.sendgrid_unsubscribe_group_id,
+            postal_address=cfg.postal_address,
+            base_url=cfg.sendgrid_base_url,
+        )
+    return InAppProvider(
+        client=clients.default,
+        clock=clock,
+        url=_required(cfg.inapp_url, "inapp_url"),
+        token=settings.require_secret("inapp_api_token"),
+    )
+
+
+def build_providers(
+    settings: Settings, *, clients: HttpClients | None = None, clock: Clock | None = None
+) -> dict[Channel, list[Provider]]:
     """Instantiate the providers named per channel in settings, in failover order."""
+    clients = clients or build_clients(settings.provider.http_timeout_seconds)
+    clock = clock or SystemClock()
     registry: dict[Channel, list[Provider]] = {}
     for channel_name, names in settings.providers.items():
         channel = Channel(channel_name)
         providers: list[Provider] = []
         for name in names:
-            if name == "console":
-                providers.append(ConsoleProvider(channel=channel, sink=settings.console_sink))
-            else:
+            if channel not in PROVIDER_CHANNELS.get(name, frozenset()):
+                known = ", ".join(n for n, chans in PROVIDER_CHANNELS.items() if channel in chans)
                 raise ConfigError(
-                    f"CARENOTIFY_PROVIDERS: unknown provider {name!r} for channel {channel_name!r} (known: console)"
+                    f"CARENOTIFY_PROVIDERS: unknown provider {name!r} for channel {channel_name!r} (known: {known})"
                 )
+            providers.append(_make_provider(name, channel, settings, clients, clock))
         registry[channel] = providers
     return registry
 
@@ -51,6 +135,7 @@ class App:
     providers: Mapping[Channel, Sequence[Provider]]
     deps: DeliveryDeps
     actors: Actors
+    clients: HttpClients | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     def enqueue(self, notification_id: int) -> None:
@@ -73,6 +158,8 @@ class App:
     def close(self) -> None:
         self.broker.close()
         self.engine.dispose()
+        if self.clients is not None:
+            self.clients.close()
 
 
 def build_app(
@@ -81,17 +168,32 @@ def build_app(
     clock: Clock | None = None,
     providers: Mapping[Channel, Sequence[Provider]] | None = None,
     broker: dramatiq.Broker | None = None,
-    broker_namespace: str = "carenotify",
+    broker_namespace: str | None = None,
 ) -> App:
     """Wire a whole application. Tests pass a clock, fake providers or a broker; production passes nothing."""
     settings = settings or load_settings()
     clock = clock or SystemClock()
     engine = make_engine(settings.database_url)
-    broker = broker or build_broker(settings, namespace=broker_namespace)
-    registry = providers if providers is not None else build_providers(settings)
-    deps = DeliveryDeps(engine=engine, clock=clock, providers=registry, settings=settings.delivery)
+    broker = broker or build_broker(settings, namespace=broker_namespace or settings.redis_namespace)
+    clients = build_clients(settings.provider.http_timeout_seconds)
+    registry = providers if providers is not None else build_providers(settings, clients=clients, clock=clock)
+    deps = DeliveryDeps(
+        engine=engine,
+        clock=clock,
+        providers=registry,
+        settings=settings.delivery,
+        breakers=CircuitBreakers(
+            clock,
+            threshold=settings.provider.breaker_failure_threshold,
+            cooldown=timedelta(seconds=settings.provider.breaker_cooldown_seconds),
+        ),
+        rate_limits=build_rate_limits(
+            broker, settings.provider.rate_limits_per_second, namespace=broker_namespace or settings.redis_namespace
+        ),
+    )
     actors = declare_actors(broker, deps, queue_name=settings.queue_name)
     return App(
+        clients=clients,
         settings=settings,
         clock=clock,
         engine=engine,

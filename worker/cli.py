@@ -9,16 +9,11 @@ import threading
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import select
-from sqlmodel import col
-
 from worker.bootstrap import App, build_app
 from worker.categories import Category
-from worker.db import session_scope
-from worker.errors import CarenotifyError
+from worker.errors import CarenotifyError, NotFound
 from worker.logs import configure_logging
 from worker.migrate import upgrade
-from worker.models import DeliveryAttempt, Notification, NotificationEvent
 from worker.settings import Settings, load_settings
 
 
@@ -78,8 +73,15 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_scheduler(settings: Settings, args: argparse.Namespace) -> int:
+    import signal
+
     from jobs.scheduler import run_blocking
 
+    def _exit(signum: int, _frame: object) -> None:
+        # SIGTERM (the supervisor's stop) ends the blocking scheduler like Ctrl-C does: cleanly, app closed.
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, _exit)
     app = _app(settings)
     try:
         run_blocking(app)
@@ -130,50 +132,115 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     """Why a notification went, was held back, or failed: its state, history and provider attempts."""
+    from worker.notification_report import notification_report
+
     app = _app(settings)
     try:
-        with session_scope(app.engine) as session:
-            row = session.get(Notification, args.id)
-            if row is None:
-                print(f"notification {args.id} not found", file=sys.stderr)
-                return 1
-            events = session.scalars(
-                select(NotificationEvent)
-                .where(col(NotificationEvent.notification_id) == args.id)
-                .order_by(col(NotificationEvent.id))
-            ).all()
-            attempts = session.scalars(
-                select(DeliveryAttempt)
-                .where(col(DeliveryAttempt.notification_id) == args.id)
-                .order_by(col(DeliveryAttempt.id))
-            ).all()
-            out = {
-                "id": row.id,
-                "category": row.category,
-                "state": row.state,
-                "reason": row.reason,
-                "attempts": row.attempt_count,
-                "created_at": row.created_at.isoformat(),
-                "history": [
-                    {"at": e.at.isoformat(), "from": e.from_state, "to": e.to_state, "reason": e.reason} for e in events
-                ],
-                "provider_calls": [
-                    {
-                        "at": a.started_at.isoformat(),
-                        "channel": a.channel,
-                        "provider": a.provider,
-                        "target": a.target,
-                        "outcome": a.outcome,
-                        "error_code": a.error_code,
-                        "provider_ref": a.provider_ref,
-                        "detail": a.detail,
-                    }
-                    for a in attempts
-                ],
-            }
+        report = notification_report(app.engine, args.id)
+    except NotFound:
+        print(f"notification {args.id} not found", file=sys.stderr)
+        return 1
     finally:
         app.close()
-    print(json.dumps(out, indent=2))
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_api_key_create(settings: Settings, args: argparse.Namespace) -> int:
+    """Register an API client and print its key: shown this once, stored only as a digest."""
+    from worker.web.auth import create_api_key
+
+    app = _app(settings)
+    try:
+        upgrade(app.engine)
+        key = create_api_key(app.engine, app.clock, args.name)
+    finally:
+        app.close()
+    print(key)
+    print(f"API key for {args.name!r}: store it now, it cannot be shown again.", file=sys.stderr)
+    return 0
+
+
+def cmd_api_key_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.web.auth import revoke_api_key
+
+    app = _app(settings)
+    try:
+        revoked = revoke_api_key(app.engine, app.clock, args.name)
+    finally:
+        app.close()
+    if not revoked:
+        print(f"no live API client named {args.name!r}", file=sys.stderr)
+        return 1
+    print(f"revoked {args.name}")
+    return 0
+
+
+def cmd_dead_letters_list(settings: Settings, args: argparse.Namespace) -> int:
+    """Messages the broker gave up on, oldest first, with the notification each was about."""
+    from worker.dead_letters import list_dead_letters
+
+    app = _app(settings)
+    try:
+        letters = list_dead_letters(app.broker, settings.queue_name)
+    finally:
+        app.close()
+    for letter in letters:
+        print(
+            json.dumps(
+                {
+                    "message_id": letter.message_id,
+                    "actor": letter.actor_name,
+                    "notification_id": letter.notification_id,
+                    "retries": letter.retries,
+                    "dead_since": letter.dead_since.isoformat() if letter.dead_since else None,
+                }
+            )
+        )
+    if not letters:
+        print("no dead letters", file=sys.stderr)
+    return 0
+
+
+def cmd_dead_letters_replay(settings: Settings, args: argparse.Namespace) -> int:
+    """Queue dead letters again (their FAILED notifications go back to PENDING, written down)."""
+    from worker.dead_letters import list_dead_letters, replay_dead_letter
+
+    app = _app(settings)
+    missing = 0
+    try:
+        ids = args.message_ids or (
+            [letter.message_id for letter in list_dead_letters(app.broker, settings.queue_name)] if args.all else []
+        )
+        if not ids:
+            print("name MESSAGE_ID(s) to replay, or --all", file=sys.stderr)
+            return 2
+        for message_id in ids:
+            letter = replay_dead_letter(
+                app.broker, app.engine, app.clock, app.enqueue, queue_name=settings.queue_name, message_id=message_id
+            )
+            if letter is None:
+                missing += 1
+                print(f"no dead letter {message_id}", file=sys.stderr)
+            else:
+                print(json.dumps({"replayed": message_id, "notification_id": letter.notification_id}))
+    finally:
+        app.close()
+    return 1 if missing else 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    """Seed a few demo patients on this database and watch their notifications flow through a real worker."""
+    from worker.demo import run_demo
+
+    app = _app(settings)
+    try:
+        upgrade(app.engine)
+        outcomes = run_demo(app)
+    finally:
+        app.close()
+    for line in outcomes:
+        print(line)
     return 0
 
 
@@ -214,6 +281,27 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="a notification's state, history and provider attempts")
     status.add_argument("id", type=int)
     status.set_defaults(func=cmd_status)
+
+    api_key = sub.add_parser("api-key", help="API clients of the HTTP API")
+    api_key_sub = api_key.add_subparsers(dest="api_key_command", required=True)
+    create = api_key_sub.add_parser("create", help="create a client and print its key (once)")
+    create.add_argument("name", help="the client's name, e.g. care-platform")
+    create.set_defaults(func=cmd_api_key_create)
+    revoke = api_key_sub.add_parser("revoke", help="stop accepting a client's key")
+    revoke.add_argument("name")
+    revoke.set_defaults(func=cmd_api_key_revoke)
+
+    dead = sub.add_parser("dead-letters", help="messages the broker gave up on")
+    dead_sub = dead.add_subparsers(dest="dead_letters_command", required=True)
+    dead_sub.add_parser("list", help="one JSON line per dead letter").set_defaults(func=cmd_dead_letters_list)
+    replay = dead_sub.add_parser("replay", help="queue dead letters again")
+    replay.add_argument("message_ids", nargs="*", metavar="MESSAGE_ID")
+    replay.add_argument("--all", action="store_true", help="replay every dead letter")
+    replay.set_defaults(func=cmd_dead_letters_replay)
+
+    sub.add_parser("demo", help="seed demo patients and show notifications flowing (embedded default)").set_defaults(
+        func=cmd_demo
+    )
     return parser
 
 

@@ -21,11 +21,15 @@ from sqlmodel import col
 
 from integrations.base import OutboundMessage, Outcome, Provider, SendResult
 from worker.categories import Category, Channel
+from worker.circuit import CircuitBreakers
 from worker.clock import Clock
+from worker.consent import current_consent, record_consent
 from worker.db import session_scope
 from worker.models import DeliveryAttempt, Device, Notification, Patient, Preference
+from worker.models_consent import ConsentSource
 from worker.notifications import claim, transition
 from worker.policy import decide
+from worker.ratelimit import ProviderRateLimits
 from worker.settings import DeliverySettings
 from worker.states import State
 from worker.templates import render
@@ -45,6 +49,8 @@ class DeliveryDeps:
     providers: Mapping[Channel, Sequence[Provider]]
     settings: DeliverySettings
     rng: random.Random = field(default_factory=random.Random)
+    breakers: CircuitBreakers | None = None
+    rate_limits: ProviderRateLimits | None = None
 
 
 @dataclass(frozen=True)
@@ -108,11 +114,14 @@ def _deliver_claimed(deps: DeliveryDeps, row: Notification) -> Report:
                 )
             )
         )
+        consent = current_consent(session, row.patient_id)
         for obj in devices + preferences:
             session.expunge(obj)
 
     now = deps.clock.now()
-    decision = decide(notification=row, patient=patient, preferences=preferences, devices=devices, now=now)
+    decision = decide(
+        notification=row, patient=patient, preferences=preferences, devices=devices, now=now, consent=consent
+    )
     if decision.expire:
         return _settle(deps, row.id, State.EXPIRED, decision.expire)
     if decision.suppress:
@@ -154,7 +163,6 @@ def _send_channel(
     if not providers:
         out.results.append(("-", SendResult(outcome=Outcome.FAILED, detail=f"no provider configured for {channel}")))
         return out
-    provider = providers[0]
     text = render(Category(row.category), channel, patient.locale)
     for target in _targets(channel, patient, devices):
         if target.key in accepted_before:
@@ -172,15 +180,61 @@ def _send_channel(
             data={"notification_id": str(row.id), "category": str(row.category)},
             promotional=row.category == Category.MARKETING,
         )
+        name, result = _send_with_failover(deps, row, channel, providers, target, message)
+        out.results.append((name, result))
+        if result.outcome is Outcome.ACCEPTED:
+            out.accepted += 1
+    return out
+
+
+def _send_with_failover(
+    deps: DeliveryDeps,
+    row: Notification,
+    channel: Channel,
+    providers: Sequence[Provider],
+    target: _Target,
+    message: OutboundMessage,
+) -> tuple[str, SendResult]:
+    """Try the channel's providers in order; move to the next on a transient failure or an open circuit."""
+    candidates = [p for p in providers if _supports(p, target.platform)]
+    last: tuple[str, SendResult] | None = None
+    for provider in candidates:
+        if deps.breakers is not None and not deps.breakers.allow(provider.name):
+            continue
         started = deps.clock.now()
+        if deps.rate_limits is not None and not deps.rate_limits.acquire(provider.name):
+            result = SendResult(outcome=Outcome.RETRY, error_code="rate_limited", retry_after=1.0)
+            _record_attempt(deps, row, channel, provider.name, target, result, started, 0)
+            last = (provider.name, result)
+            continue
         t0 = time.perf_counter()
         result = provider.send(message=message)
         elapsed_ms = int((time.perf_counter() - t0) * 1000)
         _record_attempt(deps, row, channel, provider.name, target, result, started, elapsed_ms)
-        out.results.append((provider.name, result))
-        if result.outcome is Outcome.ACCEPTED:
-            out.accepted += 1
-    return out
+        last = (provider.name, result)
+        if result.outcome in (Outcome.RETRY, Outcome.CONFIG_ERROR):
+            if deps.breakers is not None:
+                deps.breakers.failure(provider.name)
+            continue
+        if deps.breakers is not None:
+            deps.breakers.success(provider.name)
+        return last
+    if last is not None:
+        return last
+    if not candidates:
+        return "-", SendResult(
+            outcome=Outcome.FAILED, detail=f"no {channel} provider serves platform {target.platform}"
+        )
+    paused = SendResult(
+        outcome=Outcome.RETRY, error_code="circuit_open", detail=f"every {channel} provider is paused after failures"
+    )
+    _record_attempt(deps, row, channel, "-", target, paused, deps.clock.now(), 0)
+    return "-", paused
+
+
+def _supports(provider: Provider, platform: str | None) -> bool:
+    platforms: frozenset[str] | None = getattr(provider, "platforms", None)
+    return platform is None or platforms is None or platform in platforms
 
 
 def _record_attempt(
@@ -209,6 +263,19 @@ def _record_attempt(
                 duration_ms=elapsed_ms,
             )
         )
+        if result.outcome is Outcome.OPTED_OUT:
+            # Twilio 21610: the number replied STOP, so no more texts at all; an email report stops marketing.
+            record_consent(
+                session,
+                patient_id=row.patient_id,
+                channel=channel,
+                category=None if channel is Channel.SMS else Category.MARKETING,
+                granted=False,
+                source=ConsentSource.PROVIDER_REPORT,
+                actor=provider,
+                at=deps.clock.now(),
+                detail=f"{provider} {result.error_code or 'opted out'}",
+            )
         if result.outcome is Outcome.TOKEN_DEAD and target.device_id is not None:
             session.execute(
                 update(Device)

@@ -6,11 +6,11 @@ evaluated at send time for work already queued, and tested without a database.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from worker.categories import RULES, Channel
+from worker.categories import RULES, Category, Channel
 from worker.models import Device, Notification, Patient, Preference
 
 
@@ -42,6 +42,21 @@ def muted_channels(notification: Notification, preferences: Iterable[Preference]
     return {Channel(p.channel) for p in preferences if p.category == notification.category and not p.enabled}
 
 
+def consent_blocked(category: Category, consent: Mapping[tuple[str, str | None], bool]) -> set[Channel]:
+    """Channels the consent ledger closes for this category.
+
+    A channel-wide revocation (SMS STOP) closes the channel for everything; marketing also needs the channel's
+    marketing consent: opt-in (explicit grant) for SMS, opt-out (allowed unless revoked) for push and email.
+    """
+    blocked = {Channel(channel) for (channel, cat), granted in consent.items() if cat is None and not granted}
+    if category is Category.MARKETING:
+        for channel in Channel:
+            granted = consent.get((channel.value, Category.MARKETING.value))
+            if granted is False or (channel is Channel.SMS and granted is not True):
+                blocked.add(channel)
+    return blocked
+
+
 def reachable(channel: Channel, patient: Patient, devices: Sequence[Device]) -> bool:
     if channel is Channel.PUSH:
         return any(d.live for d in devices)
@@ -59,6 +74,7 @@ def decide(
     preferences: Sequence[Preference],
     devices: Sequence[Device],
     now: datetime,
+    consent: Mapping[tuple[str, str | None], bool] | None = None,
 ) -> Decision:
     """Evaluate every send-time rule, cheapest and most final first."""
     if notification.expires_at is not None and notification.expires_at <= now:
@@ -67,9 +83,15 @@ def decide(
     rule = RULES[notification.category]
     wanted = requested_channels(notification)
     muted = muted_channels(notification, preferences)
-    allowed = tuple(c for c in wanted if c not in muted)
+    refused = consent_blocked(Category(notification.category), consent or {}) - muted
+    allowed = tuple(c for c in wanted if c not in muted and c not in refused)
     if not allowed:
-        return Decision(suppress=f"muted by patient: {notification.category} on {', '.join(sorted(muted))}")
+        parts = []
+        if muted & set(wanted):
+            parts.append(f"muted by patient: {notification.category} on {', '.join(sorted(muted & set(wanted)))}")
+        if refused & set(wanted):
+            parts.append(f"no consent: {notification.category} on {', '.join(sorted(refused & set(wanted)))}")
+        return Decision(suppress="; ".join(parts))
     usable = tuple(c for c in allowed if reachable(c, patient, devices))
     notes = tuple(f"{c} muted" for c in sorted(muted & set(wanted)))
     if not usable:

@@ -62,6 +62,42 @@ class OutboxSettings(BaseModel):
     batch_size: int = Field(500, ge=1)
 
 
+class ProviderSettings(BaseModel):
+    """Non-secret provider configuration. Credentials come from the environment (SECRET_FIELDS)."""
+
+    model_config = {"extra": "forbid"}
+
+    http_timeout_seconds: float = Field(10.0, gt=0, le=60)
+    fcm_project_id: str | None = None
+    fcm_base_url: str = "https://fcm.googleapis.com"
+    apns_key_id: str | None = None
+    apns_team_id: str | None = None
+    apns_topic: str | None = None
+    apns_sandbox: bool = False
+    apns_base_url: str | None = None
+    twilio_account_sid: str | None = None
+    twilio_from_number: str | None = None
+    twilio_messaging_service_sid: str | None = None
+    twilio_status_callback_url: str | None = None
+    twilio_base_url: str = "https://api.twilio.com"
+    sendgrid_from_email: str | None = None
+    sendgrid_from_name: str = "Partum Health"
+    sendgrid_unsubscribe_group_id: int | None = None
+    #: The Event Webhook verification key (public, base64 DER).
+    sendgrid_event_public_key: str | None = None
+    sendgrid_base_url: str = "https://api.sendgrid.com"
+    #: CAN-SPAM: a physical postal address in every commercial email.
+    postal_address: str = "Partum Health, 123 Example Street, New York, NY 10001"
+    inapp_url: str | None = None
+    #: Consecutive failures that open a provider's circuit, and how long it stays open.
+    breaker_failure_threshold: int = Field(5, ge=1)
+    breaker_cooldown_seconds: float = Field(60.0, gt=0)
+    #: Sends per second per provider across all workers (Redis window rate limiter); 0 = unlimited.
+    rate_limits_per_second: dict[str, int] = Field(
+        default_factory=lambda: {"fcm": 5000, "apns": 5000, "twilio": 50, "sendgrid": 500, "inapp": 200}
+    )
+
+
 class Settings(BaseSettings):
     """Everything carenotify can be told. See ``settings.toml`` for the defaults and their meaning."""
 
@@ -76,6 +112,8 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///var/carenotify.db"
     broker: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Key prefix on Redis, so several deployments (or test runs) can share one server.
+    redis_namespace: str = "carenotify"
     queue_name: str = "deliveries"
     worker_threads: int = Field(4, ge=1, le=64)
     log_format: Literal["console", "json"] = "console"
@@ -94,6 +132,7 @@ class Settings(BaseSettings):
     default_time_zone: str = "America/New_York"
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    provider: ProviderSettings = Field(default_factory=ProviderSettings)
 
     # Secrets: environment only (see SECRET_FIELDS).
     fcm_service_account_json: SecretStr | None = None

@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
 from worker.bootstrap import App
+from worker.web import routes_notifications, routes_ops, routes_patients, routes_webhooks
+from worker.web.errors import install_error_handlers
+from worker.web.idempotency import IdempotencyMiddleware
 
 
 def create_web_app(app: App) -> FastAPI:
-    web = FastAPI(title="carenotify", version="0.1.0")
+    """The HTTP ingress: care-team and platform API (``/v1``), patient links, provider webhooks, ops."""
+    web = FastAPI(
+        title="carenotify",
+        version="0.1.0",
+        description="Notifies postpartum-care patients outside the secure app. No message content, ever.",
+    )
     web.state.app = app
-
-    @web.get("/healthz", tags=["ops"])
-    def healthz() -> JSONResponse:
-        """Liveness and readiness: the database answers. Used by the process supervisor and load balancer."""
-        try:
-            with app.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-        except Exception as exc:
-            return JSONResponse({"status": "unavailable", "database": type(exc).__name__}, status_code=503)
-        return JSONResponse({"status": "ok", "database": "ok"})
-
+    install_error_handlers(web)
+    web.add_middleware(IdempotencyMiddleware, app=app)
+    for router in (
+        routes_ops.router,
+        routes_patients.router,
+        routes_notifications.router,
+        routes_webhooks.router,
+    ):
+        web.include_router(router)
     return web

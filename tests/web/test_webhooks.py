@@ -1,0 +1,137 @@
+"""Provider webhooks through the real app: signed callbacks apply once; forged, stale or replayed do nothing."""
+
+from __future__ import annotations
+
+import base64
+import json
+from urllib.parse import urlencode
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from fastapi.testclient import TestClient
+
+from integrations.twilio import twilio_signature
+from tests.conftest import attempts, create_notification, create_patient, events, load
+from tests.web.conftest import SENDGRID_KEY, TWILIO_TOKEN, Api, assert_refused
+from worker.categories import Category, Channel
+from worker.consent import current_consent
+from worker.db import session_scope
+from worker.delivery import deliver
+from worker.states import State
+from worker.web.app import create_web_app
+
+STATUS_URL = "http://testserver/webhooks/twilio/status"
+
+
+def _sent(api: Api, channel: Channel, category: Category = Category.CARE_TEAM_MESSAGE) -> tuple[int, str]:
+    nid = create_notification(api.app, create_patient(api.app, devices=()), category=category, channels=[channel])
+    assert deliver(api.app.deps, nid).state is State.SENT
+    ref = attempts(api.app, nid)[0].provider_ref
+    assert ref is not None
+    return nid, ref
+
+
+def _twilio_post(api: Api, form: dict[str, str], *, token: str = TWILIO_TOKEN):  # type: ignore[no-untyped-def]
+    return api.client.post(
+        "/webhooks/twilio/status",
+        content=urlencode(form),
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Twilio-Signature": twilio_signature(token, STATUS_URL, form),
+        },
+    )
+
+
+def test_twilio_status_callback_applies_once(api: Api) -> None:
+    nid, sid = _sent(api, Channel.SMS)
+    form = {"MessageSid": sid, "MessageStatus": "delivered", "AccountSid": "ACtest", "To": "+12125550123"}
+    first = _twilio_post(api, form)
+    assert first.status_code == 200 and first.json() == {"result": "delivered"}
+    assert load(api.app, nid).state == State.DELIVERED
+    replay = _twilio_post(api, form)
+    assert replay.status_code == 200 and replay.json() == {"result": "duplicate"}
+    assert [e[1] for e in events(api.app, nid)].count("delivered") == 1
+
+
+def test_forged_twilio_callbacks_change_nothing(api: Api) -> None:
+    nid, sid = _sent(api, Channel.SMS)
+    form = {"MessageSid": sid, "MessageStatus": "failed", "ErrorCode": "21610"}
+    assert_refused(_twilio_post(api, form, token="someone-elses-token"), 403, "X-Twilio-Signature")
+    unsigned = api.client.post(
+        "/webhooks/twilio/status",
+        content=urlencode(form),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert_refused(unsigned, 403, "X-Twilio-Signature")
+    # A genuine signature over other parameters does not cover a tampered body.
+    signature = twilio_signature(TWILIO_TOKEN, STATUS_URL, {**form, "MessageStatus": "sent"})
+    tampered = api.client.post(
+        "/webhooks/twilio/status",
+        content=urlencode(form),
+        headers={"Content-Type": "application/x-www-form-urlencoded", "X-Twilio-Signature": signature},
+    )
+    assert_refused(tampered, 403, "X-Twilio-Signature")
+    assert load(api.app, nid).state == State.SENT
+    with session_scope(api.app.engine) as session:
+        assert current_consent(session, load(api.app, nid).patient_id) == {}
+    # The real one, later, still applies: refusals left no receipt behind.
+    assert _twilio_post(api, form).json() == {"result": "failed"}
+
+
+def test_twilio_callback_missing_fields_is_400_naming_the_field(api: Api) -> None:
+    assert_refused(_twilio_post(api, {"MessageStatus": "delivered"}), 400, "MessageSid")
+
+
+def test_unconfigured_webhooks_refuse_rather_than_trust(make_app) -> None:  # type: ignore[no-untyped-def]
+    app = make_app()
+    with TestClient(create_web_app(app)) as client:
+        assert_refused(client.post("/webhooks/twilio/status", content=b"a=b"), 503, "X-Twilio-Signature")
+        assert_refused(
+            client.post("/webhooks/sendgrid/events", content=b"[]"), 503, "X-Twilio-Email-Event-Webhook-Signature"
+        )
+
+
+def _sendgrid_post(api: Api, events_: list[dict[str, object]], *, timestamp: int | None = None, key=SENDGRID_KEY):  # type: ignore[no-untyped-def]
+    body = json.dumps(events_).encode()
+    ts = str(timestamp if timestamp is not None else int(api.app.clock.now().timestamp()))
+    signature = base64.b64encode(key.sign(ts.encode() + body, ec.ECDSA(hashes.SHA256()))).decode()
+    return api.client.post(
+        "/webhooks/sendgrid/events",
+        content=body,
+        headers={
+            "Content-Type": "application/json",
+            "X-Twilio-Email-Event-Webhook-Signature": signature,
+            "X-Twilio-Email-Event-Webhook-Timestamp": ts,
+        },
+    )
+
+
+def test_sendgrid_events_apply_once_per_event(api: Api) -> None:
+    delivered_id, _ = _sent(api, Channel.EMAIL, Category.ACCOUNT_NOTICE)
+    bounced_id, _ = _sent(api, Channel.EMAIL, Category.ACCOUNT_NOTICE)
+    batch: list[dict[str, object]] = [
+        {"event": "delivered", "notification_id": str(delivered_id), "sg_event_id": "ev-1"},
+        {"event": "bounce", "notification_id": str(bounced_id), "sg_event_id": "ev-2"},
+        {"event": "open", "notification_id": str(bounced_id), "sg_event_id": "ev-3"},
+    ]
+    first = _sendgrid_post(api, batch)
+    assert first.status_code == 200 and first.json() == {"result": {"delivered": 1, "failed": 1, "ignored": 1}}
+    assert load(api.app, delivered_id).state == State.DELIVERED and load(api.app, bounced_id).state == State.FAILED
+    again = _sendgrid_post(api, batch)  # SendGrid retries a batch it thinks failed: nothing happens twice
+    assert again.json() == {"result": {"duplicate": 3}}
+    assert [e[1] for e in events(api.app, delivered_id)].count("delivered") == 1
+
+
+def test_forged_or_stale_sendgrid_events_change_nothing(api: Api) -> None:
+    nid, _ = _sent(api, Channel.EMAIL, Category.ACCOUNT_NOTICE)
+    batch: list[dict[str, object]] = [{"event": "delivered", "notification_id": str(nid), "sg_event_id": "ev-9"}]
+    forger = ec.generate_private_key(ec.SECP256R1())
+    assert_refused(_sendgrid_post(api, batch, key=forger), 403, "X-Twilio-Email-Event-Webhook-Signature")
+    stale = int(api.app.clock.now().timestamp()) - 3600  # a genuine capture from an hour ago, replayed
+    assert_refused(_sendgrid_post(api, batch, timestamp=stale), 403, "X-Twilio-Email-Event-Webhook-Timestamp")
+    assert load(api.app, nid).state == State.SENT
+    assert _sendgrid_post(api, batch).json() == {"result": {"delivered": 1}}
+
+
+def test_sendgrid_body_must_be_an_event_array(api: Api) -> None:
+    assert_refused(_sendgrid_post(api, {"event": "x"}), 400, "body")  # type: ignore[arg-type]

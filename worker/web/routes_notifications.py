@@ -1,0 +1,54 @@
+"""Care-team triggers and the status of any notification."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+
+from worker.categories import Category
+from worker.notification_report import notification_report
+from worker.patients import patient_id_for
+from worker.web.auth import CallerDep
+from worker.web.deps import AppDep, IdempotencyKey
+from worker.web.errors import ErrorBody, not_found_as
+from worker.web.schemas import CareTeamMessageIn, NotificationStatus, Submission
+
+router = APIRouter(prefix="/v1", tags=["notifications"], responses={401: {"model": ErrorBody}})
+
+#: Largest id either database can hold (64-bit signed); larger ids are refused as 422, not a 500.
+MAX_ID = 2**63 - 1
+
+
+@router.post(
+    "/care-team-messages",
+    status_code=202,
+    dependencies=[IdempotencyKey],
+    responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+)
+def care_team_message(body: CareTeamMessageIn, app: AppDep, caller: CallerDep) -> Submission:
+    """The care team wrote to the patient in the secure app: tell the patient there is something to read.
+
+    The notice never carries the message: only ``message_id`` (the secure app's opaque id) is accepted, and the
+    same ``message_id`` from the same client never makes a second notification.
+    """
+    with not_found_as("patient_ref"):
+        patient_id = patient_id_for(app.engine, body.patient_ref)
+        result = app.submit(
+            patient_id=patient_id,
+            category=Category.CARE_TEAM_MESSAGE,
+            idempotency_key=f"api:{caller.id}:care_team_message:{body.message_id}",
+            channels=body.channels,
+            context={"message_ref": body.message_id},
+        )
+    return Submission(notification_id=result.notification_id, created=result.created)
+
+
+@router.get("/notifications/{notification_id}", responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}})
+def status(
+    notification_id: Annotated[int, Path(ge=1, le=MAX_ID)], app: AppDep, caller: CallerDep
+) -> NotificationStatus:
+    """State, reason, every transition with its time, and every provider call."""
+    with not_found_as("notification_id"):
+        report = notification_report(app.engine, notification_id)
+    return NotificationStatus.model_validate(report)

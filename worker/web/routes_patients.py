@@ -1,0 +1,48 @@
+"""Patients and their push devices, as the care platform knows them."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+
+from worker.patients import patient_id_for, register_device, upsert_patient
+from worker.web.auth import CallerDep
+from worker.web.deps import AppDep, IdempotencyKey
+from worker.web.errors import ErrorBody, not_found_as
+from worker.web.schemas import REF_PATTERN, DeviceIn, DeviceOut, PatientIn, PatientOut
+
+router = APIRouter(prefix="/v1/patients", tags=["patients"], responses={401: {"model": ErrorBody}})
+
+
+@router.post("", dependencies=[IdempotencyKey], responses={422: {"model": ErrorBody}})
+def upsert(body: PatientIn, app: AppDep, caller: CallerDep) -> PatientOut:
+    """Create or update a patient (by ``external_ref``); every field is replaced by what is sent."""
+    patient_id = upsert_patient(
+        app.engine,
+        app.clock,
+        external_ref=body.external_ref,
+        time_zone=body.time_zone,
+        locale=body.locale,
+        email=body.email,
+        phone=body.phone,
+        us_state=body.us_state,
+    )
+    return PatientOut(patient_id=patient_id, external_ref=body.external_ref)
+
+
+@router.post(
+    "/{external_ref}/devices",
+    dependencies=[IdempotencyKey],
+    responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+)
+def add_device(
+    external_ref: Annotated[str, Path(pattern=REF_PATTERN)], body: DeviceIn, app: AppDep, caller: CallerDep
+) -> DeviceOut:
+    """Register a push token for a patient."""
+    with not_found_as("external_ref"):
+        patient_id = patient_id_for(app.engine, external_ref)
+        device_id = register_device(
+            app.engine, app.clock, patient_id=patient_id, platform=body.platform, token=body.token
+        )
+    return DeviceOut(device_id=device_id, patient_id=patient_id)

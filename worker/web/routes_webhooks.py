@@ -1,0 +1,172 @@
+"""Provider callbacks: Twilio status callbacks and SendGrid events. Signed by the provider, checked here.
+
+A request whose signature does not verify is refused (403) before anything is read into the database. A valid
+request seen before (the same MessageSid + status, the same ``sg_event_id``) finds its :class:`WebhookReceipt`
+and changes nothing; SendGrid's signed timestamp must also be recent, so an old capture cannot be replayed.
+The URL Twilio signs is the one we gave it: ``provider.twilio_status_callback_url`` if set, else the request's
+own URL (run uvicorn with ``--forwarded-allow-ips`` behind a proxy so that URL is the public one).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import delete
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col
+from starlette.concurrency import run_in_threadpool
+
+from integrations.sendgrid import verify_event_signature
+from integrations.twilio import verify_twilio_signature
+from worker.bootstrap import App
+from worker.clock import Clock
+from worker.db import session_scope
+from worker.errors import ConfigError
+from worker.models_api import WebhookReceipt
+from worker.receipts import apply_sendgrid_events, apply_twilio_status
+from worker.web.errors import ApiError, ErrorBody
+
+router = APIRouter(
+    prefix="/webhooks",
+    tags=["provider webhooks"],
+    responses={403: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+)
+
+TWILIO_SIGNATURE = "X-Twilio-Signature"
+SENDGRID_SIGNATURE = "X-Twilio-Email-Event-Webhook-Signature"
+SENDGRID_TIMESTAMP = "X-Twilio-Email-Event-Webhook-Timestamp"
+#: How old a signed SendGrid timestamp may be (and how far ahead, for clock skew).
+SENDGRID_MAX_AGE = timedelta(minutes=5)
+#: Webhook bodies are small; anything larger is not from the provider.
+MAX_BODY = 1024 * 1024
+
+T = TypeVar("T")
+
+
+def _secret(app: App, name: str, header: str) -> str:
+    try:
+        return app.settings.require_secret(name)
+    except ConfigError as exc:
+        raise ApiError(503, "not_configured", header, f"{header}: cannot be verified: {exc}") from None
+
+
+async def _body(request: Request) -> bytes:
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        raise ApiError(413, "too_large", "body", "body: larger than a provider callback can be")
+    return body
+
+
+def _form(body: bytes) -> dict[str, str]:
+    try:
+        return dict(parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=bool(body)))
+    except (UnicodeDecodeError, ValueError):
+        raise ApiError(400, "invalid_input", "body", "body: not a form-encoded callback") from None
+
+
+def claim_receipts(engine: Engine, clock: Clock, provider: str, keys: Sequence[str]) -> list[str]:
+    """Record the keys not seen before and return them (in order); one transaction per key so a seen key
+    does not undo the others."""
+    fresh: list[str] = []
+    for key in dict.fromkeys(keys):
+        try:
+            with session_scope(engine) as session:
+                session.add(WebhookReceipt(provider=provider, dedupe_key=key[:200], received_at=clock.now()))
+        except IntegrityError:
+            continue
+        fresh.append(key)
+    return fresh
+
+
+@contextmanager
+def _released_on_error(engine: Engine, provider: str, keys: Sequence[str]) -> Iterator[None]:
+    """If applying fails, forget the receipts so the provider's retry is applied, not ignored."""
+    try:
+        yield
+    except BaseException:
+        with session_scope(engine) as session:
+            session.execute(
+                delete(WebhookReceipt).where(
+                    col(WebhookReceipt.provider) == provider, col(WebhookReceipt.dedupe_key).in_(list(keys))
+                )
+            )
+        raise
+
+
+def _apply_once(app: App, provider: str, keys: Sequence[str], apply: Callable[[list[str]], T]) -> T:
+    """Claim the receipts, then apply with the fresh keys; a failure releases them."""
+    fresh = claim_receipts(app.engine, app.clock, provider, keys)
+    with _released_on_error(app.engine, provider, fresh):
+        return apply(fresh)
+
+
+@router.post("/twilio/status", responses={200: {"description": "applied, ignored or duplicate"}})
+async def twilio_status(request: Request) -> JSONResponse:
+    """A Twilio status callback (``delivered`` / ``undelivered`` / ``failed``) for an SMS we sent."""
+    app: App = request.app.state.app
+    token = _secret(app, "twilio_auth_token", TWILIO_SIGNATURE)
+    form = _form(await _body(request))
+    url = app.settings.provider.twilio_status_callback_url or str(request.url)
+    if not verify_twilio_signature(token, url, form, request.headers.get(TWILIO_SIGNATURE)):
+        raise ApiError(403, "bad_signature", TWILIO_SIGNATURE, f"{TWILIO_SIGNATURE}: does not verify")
+    sid = form.get("MessageSid") or form.get("SmsSid") or ""
+    status = (form.get("MessageStatus") or form.get("SmsStatus") or "").lower()
+    if not sid or not status:
+        field = "MessageSid" if not sid else "MessageStatus"
+        raise ApiError(400, "invalid_input", field, f"{field}: missing from the callback")
+
+    def apply(fresh: list[str]) -> str:
+        return apply_twilio_status(app.engine, app.clock, form) if fresh else "duplicate"
+
+    result = await run_in_threadpool(_apply_once, app, "twilio_status", [f"{sid}:{status}"], apply)
+    return JSONResponse({"result": result})
+
+
+@router.post("/sendgrid/events", responses={200: {"description": "counts of what each event did"}})
+async def sendgrid_events(request: Request) -> JSONResponse:
+    """A batch from SendGrid's Event Webhook: deliveries, bounces, unsubscribes and spam reports."""
+    app: App = request.app.state.app
+    public_key = app.settings.provider.sendgrid_event_public_key
+    if not public_key:
+        raise ApiError(
+            503,
+            "not_configured",
+            SENDGRID_SIGNATURE,
+            f"{SENDGRID_SIGNATURE}: cannot be verified: set CARENOTIFY_PROVIDER__SENDGRID_EVENT_PUBLIC_KEY",
+        )
+    body = await _body(request)
+    timestamp = request.headers.get(SENDGRID_TIMESTAMP)
+    if not verify_event_signature(public_key, body, request.headers.get(SENDGRID_SIGNATURE), timestamp):
+        raise ApiError(403, "bad_signature", SENDGRID_SIGNATURE, f"{SENDGRID_SIGNATURE}: does not verify")
+    assert timestamp is not None  # verified above
+    now = app.clock.now().timestamp()
+    if not timestamp.isdigit() or abs(now - int(timestamp)) > SENDGRID_MAX_AGE.total_seconds():
+        raise ApiError(403, "stale", SENDGRID_TIMESTAMP, f"{SENDGRID_TIMESTAMP}: too old or in the future")
+    try:
+        events = json.loads(body)
+    except ValueError:
+        raise ApiError(400, "invalid_input", "body", "body: not JSON") from None
+    if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+        raise ApiError(400, "invalid_input", "body", "body: must be a JSON array of event objects")
+
+    keyed = {str(e["sg_event_id"]): e for e in events if e.get("sg_event_id")}
+    unkeyed = [e for e in events if not e.get("sg_event_id")]
+
+    def apply(fresh: list[str]) -> dict[str, int]:
+        batch: list[dict[str, Any]] = [keyed[k] for k in fresh] + unkeyed
+        counts = apply_sendgrid_events(app.engine, app.clock, batch) if batch else {}
+        duplicates = len(keyed) - len(fresh)
+        if duplicates:
+            counts["duplicate"] = duplicates
+        return counts
+
+    counts = await run_in_threadpool(_apply_once, app, "sendgrid", list(keyed), apply)
+    return JSONResponse({"result": counts})

@@ -1,0 +1,104 @@
+"""Request and response bodies. Strict (unknown fields refused) and bounded, so the OpenAPI schema is exact.
+
+Free text is limited to printable characters: an identifier with a NUL byte or a newline is a caller's bug,
+and PostgreSQL would refuse it anyway (as a 500 instead of a 422 naming the field).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from worker.categories import Channel
+
+#: An opaque identifier from the platform (patient ref, message id): printable ASCII without spaces.
+REF_PATTERN = r"^[!-~]{1,128}$"
+Ref = Annotated[str, StringConstraints(pattern=REF_PATTERN)]
+TimeZoneName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_+\-/]{1,64}$")]
+Email = Annotated[str, StringConstraints(pattern=r"^[^\s@\x00-\x1f\x7f]{1,200}@[^\s@\x00-\x1f\x7f]{1,119}$")]
+Phone = Annotated[str, StringConstraints(pattern=r"^[0-9+()\-. ]{3,32}$")]
+Token = Annotated[str, StringConstraints(pattern=r"^[!-~]{1,4096}$")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PatientIn(Strict):
+    """Create or update a patient by the platform's reference. Contact data is used only to deliver."""
+
+    external_ref: Ref
+    time_zone: TimeZoneName = Field(description="IANA zone, e.g. America/Chicago")
+    locale: Literal["en", "es"] = "en"
+    email: Email | None = None
+    phone: Phone | None = Field(default=None, description="US number or +country E.164")
+    us_state: Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2}$")] | None = None
+
+
+class PatientOut(BaseModel):
+    patient_id: int
+    external_ref: str
+
+
+class DeviceIn(Strict):
+    """A push token from the app; registering a known token moves it to this patient and revives it."""
+
+    platform: Literal["ios", "android", "web"]
+    token: Token
+
+
+class DeviceOut(BaseModel):
+    device_id: int
+    patient_id: int
+
+
+class CareTeamMessageIn(Strict):
+    """The care team wrote in the secure app. Only the fact is sent on: the text never leaves the app."""
+
+    patient_ref: Ref
+    #: The secure app's id of the message: one notice per message however often this is posted.
+    message_id: Ref
+    channels: list[Channel] | None = Field(default=None, min_length=1, max_length=4)
+
+
+class Submission(BaseModel):
+    notification_id: int
+    #: False when this trigger had been received before (no second notification).
+    created: bool
+
+
+class HistoryItem(BaseModel):
+    at: datetime
+    from_: str | None = Field(alias="from")
+    to: str
+    reason: str | None
+
+
+class ProviderCall(BaseModel):
+    at: datetime
+    channel: str
+    provider: str
+    target: str
+    outcome: str
+    error_code: str | None
+    provider_ref: str | None
+    detail: str | None
+    duration_ms: int
+
+
+class NotificationStatus(BaseModel):
+    """Why a notification went, was held back, or failed."""
+
+    id: int
+    patient_id: int
+    category: str
+    state: str
+    reason: str | None
+    attempts: int
+    not_before: datetime | None
+    created_at: datetime
+    finished_at: datetime | None
+    history: list[HistoryItem]
+    provider_calls: list[ProviderCall]
