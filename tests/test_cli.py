@@ -230,6 +230,7 @@ def test_dead_letters_list_and_replay(tmp_path: Path, make_app, redis_namespace:
     from worker.broker import queue_depths
     from worker.categories import Channel
     from worker.dead_letters import list_dead_letters
+    from worker.notifications import submit
 
     class Exploding(ScriptedProvider):
         def send(self, *, message):  # type: ignore[no-untyped-def]
@@ -247,8 +248,14 @@ def test_dead_letters_list_and_replay(tmp_path: Path, make_app, redis_namespace:
         redis_url=REDIS_URL,
         broker_namespace=redis_namespace,
     )
-    nid = app.submit(
-        patient_id=create_patient(app), category="care_team_message", idempotency_key="dl", channels=[Channel.PUSH]
+    nid = submit(
+        app.engine,
+        app.clock,
+        lambda _: None,  # queued by hand below
+        patient_id=create_patient(app),
+        category="care_team_message",
+        idempotency_key="dl",
+        channels=[Channel.PUSH],
     ).notification_id
     # Already retried to the cap: the next crash puts it among the dead letters.
     app.broker.enqueue(app.actors.deliver.message(nid).copy(options={"retries": 99}))

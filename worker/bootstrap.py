@@ -182,6 +182,7 @@ def build_app(
         clock=clock,
         providers=registry,
         settings=settings.delivery,
+        quiet_window=(settings.scheduling.quiet_hours_start, settings.scheduling.quiet_hours_end),
         breakers=CircuitBreakers(
             clock,
             threshold=settings.provider.breaker_failure_threshold,

@@ -13,6 +13,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from datetime import time as dt_time
 
 import structlog
 from sqlalchemy import select, update
@@ -20,6 +21,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import col
 
 from integrations.base import OutboundMessage, Outcome, Provider, SendResult
+from worker import appointments, surveys
 from worker.categories import Category, Channel
 from worker.circuit import CircuitBreakers
 from worker.clock import Clock
@@ -50,6 +52,8 @@ class DeliveryDeps:
     settings: DeliverySettings
     rng: random.Random = field(default_factory=random.Random)
     breakers: CircuitBreakers | None = None
+    #: The local window for what can wait (settings.scheduling); ``None`` disables quiet hours.
+    quiet_window: tuple[dt_time, dt_time] | None = (dt_time(8, 0), dt_time(21, 0))
     rate_limits: ProviderRateLimits | None = None
 
 
@@ -115,12 +119,24 @@ def _deliver_claimed(deps: DeliveryDeps, row: Notification) -> Report:
             )
         )
         consent = current_consent(session, row.patient_id)
+        stale = appointments.stale_reason(session, row.context, deps.clock.now()) or surveys.stale_reason(
+            session, row.context
+        )
         for obj in devices + preferences:
             session.expunge(obj)
 
+    if stale is not None:
+        kind, why = stale
+        return _settle(deps, row.id, State.CANCELLED if kind == "cancelled" else State.EXPIRED, why)
     now = deps.clock.now()
     decision = decide(
-        notification=row, patient=patient, preferences=preferences, devices=devices, now=now, consent=consent
+        notification=row,
+        patient=patient,
+        preferences=preferences,
+        devices=devices,
+        now=now,
+        consent=consent,
+        quiet_window=deps.quiet_window,
     )
     if decision.expire:
         return _settle(deps, row.id, State.EXPIRED, decision.expire)

@@ -90,49 +90,93 @@ def submit(
         expires_at = (not_before or now) + ttl
 
     with session_scope(engine) as session:
-        existing = session.scalars(
-            select(col(Notification.id)).where(col(Notification.idempotency_key) == idempotency_key)
-        ).first()
-        if existing is not None:
-            return Submitted(notification_id=existing, created=False)
         if session.get(Patient, patient_id) is None:
             raise NotFound(f"patient {patient_id} does not exist")
-        row = Notification(
-            patient_id=patient_id,
-            category=category,
-            channels=[Channel(c).value for c in channels] if channels else None,
-            context=context or {},
-            idempotency_key=idempotency_key,
-            state=State.PENDING,
-            not_before=not_before,
-            expires_at=expires_at,
-            created_at=now,
-            updated_at=now,
-        )
-        session.add(row)
         try:
-            session.flush()
+            with session.begin_nested():
+                notification_id, created = add_notification(
+                    session,
+                    now,
+                    patient_id=patient_id,
+                    category=category,
+                    idempotency_key=idempotency_key,
+                    channels=channels,
+                    context=context,
+                    not_before=not_before,
+                    expires_at=expires_at,
+                )
         except IntegrityError:
             # Lost a race with the same key: the other writer's row stands.
-            session.rollback()
             other = session.scalars(
                 select(col(Notification.id)).where(col(Notification.idempotency_key) == idempotency_key)
             ).one()
             assert other is not None
             return Submitted(notification_id=other, created=False)
-        session.add(
-            NotificationEvent(
-                notification_id=_id(row), from_state=None, to_state=State.PENDING, reason="created", at=now
-            )
-        )
-        notification_id = row.id
-    assert notification_id is not None
+    if not created:
+        return Submitted(notification_id=notification_id, created=False)
 
     if not_before is None or not_before <= now:
         enqueue(notification_id)
         mark_enqueued(engine, notification_id, clock.now())
     log.info("notification.created", notification_id=notification_id, category=str(category))
     return Submitted(notification_id=notification_id, created=True)
+
+
+def add_notification(
+    session: Session,
+    now: datetime,
+    *,
+    patient_id: int,
+    category: Category,
+    idempotency_key: str,
+    channels: list[Channel] | None = None,
+    context: dict[str, Any] | None = None,
+    not_before: datetime | None = None,
+    expires_at: datetime | None = None,
+) -> tuple[int, bool]:
+    """Insert a PENDING row in the caller's transaction (plans commit atomically with what caused them).
+
+    Returns ``(id, created)``; an existing idempotency key returns the existing row.
+    """
+    existing = session.scalars(
+        select(col(Notification.id)).where(col(Notification.idempotency_key) == idempotency_key)
+    ).first()
+    if existing is not None:
+        return existing, False
+    row = Notification(
+        patient_id=patient_id,
+        category=category,
+        channels=[Channel(c).value for c in channels] if channels else None,
+        context=context or {},
+        idempotency_key=idempotency_key,
+        state=State.PENDING,
+        not_before=not_before,
+        expires_at=expires_at,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(row)
+    session.flush()
+    session.add(
+        NotificationEvent(notification_id=_id(row), from_state=None, to_state=State.PENDING, reason="created", at=now)
+    )
+    return _id(row), True
+
+
+def cancel_open(session: Session, now: datetime, *, patient_id: int, context_key: str, value: int, reason: str) -> int:
+    """Cancel every not-yet-sent notification of a patient whose context[key] == value; returns how many."""
+    rows = session.scalars(
+        select(Notification).where(
+            col(Notification.patient_id) == patient_id,
+            col(Notification.state).in_([State.PENDING, State.DEFERRED, State.RETRYING]),
+        )
+    ).all()
+    count = 0
+    for row in rows:
+        if row.context.get(context_key) == value:
+            transition(session, row, State.CANCELLED, reason=reason, now=now)
+            count += 1
+    return count
 
 
 def mark_enqueued(engine: Engine, notification_id: int, at: datetime) -> None:

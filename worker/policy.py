@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, time
+from zoneinfo import ZoneInfo
 
 from worker.categories import RULES, Category, Channel
 from worker.models import Device, Notification, Patient, Preference
+from worker.quiet_hours import allowed_window, next_allowed_instant
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ def decide(
     devices: Sequence[Device],
     now: datetime,
     consent: Mapping[tuple[str, str | None], bool] | None = None,
+    quiet_window: tuple[time, time] | None = None,
 ) -> Decision:
     """Evaluate every send-time rule, cheapest and most final first."""
     if notification.expires_at is not None and notification.expires_at <= now:
@@ -92,12 +95,34 @@ def decide(
         if refused & set(wanted):
             parts.append(f"no consent: {notification.category} on {', '.join(sorted(refused & set(wanted)))}")
         return Decision(suppress="; ".join(parts))
+    deferral = _quiet_hours(notification, patient, now, quiet_window)
+    if deferral is not None:
+        return deferral
     usable = tuple(c for c in allowed if reachable(c, patient, devices))
     notes = tuple(f"{c} muted" for c in sorted(muted & set(wanted)))
     if not usable:
         missing = ", ".join(f"no {_contact_name(c)}" for c in allowed)
         return Decision(channels=(), notes=notes + (f"unreachable: {missing}",), fallback=rule.fallback)
     return Decision(channels=usable, fallback=rule.fallback, notes=notes)
+
+
+def _quiet_hours(
+    notification: Notification, patient: Patient, now: datetime, default: tuple[time, time] | None
+) -> Decision | None:
+    """Defer what can wait into the patient's next local window; expire it if that is too late."""
+    if default is None:
+        return None
+    window = allowed_window(Category(notification.category), default)
+    if window is None:
+        return None
+    zone = ZoneInfo(patient.time_zone)
+    opens = next_allowed_instant(now, zone, window)
+    if opens <= now:
+        return None
+    if notification.expires_at is not None and opens >= notification.expires_at:
+        return Decision(expire="quiet hours last until after it stops being useful")
+    local = opens.astimezone(zone)
+    return Decision(defer_until=opens, defer_reason=f"quiet hours: held until {local:%H:%M} {patient.time_zone}")
 
 
 def _contact_name(channel: Channel) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from datetime import time
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -98,6 +99,27 @@ class ProviderSettings(BaseModel):
     )
 
 
+class SchedulingSettings(BaseModel):
+    """Reminder plans and quiet hours (local to each patient)."""
+
+    model_config = {"extra": "forbid"}
+
+    #: Appointment reminders, hours before the start.
+    reminder_offsets_hours: list[float] = Field(default_factory=lambda: [24.0, 2.0])
+    quiet_hours_start: time = time(8, 0)
+    quiet_hours_end: time = time(21, 0)
+    survey_reminders: int = Field(2, ge=0, le=10)
+    survey_interval_days: int = Field(3, ge=1, le=60)
+
+    @field_validator("quiet_hours_end")
+    @classmethod
+    def _window_not_empty(cls, value: time, info: Any) -> time:
+        start = info.data.get("quiet_hours_start")
+        if start is not None and value <= start:
+            raise ValueError("quiet_hours_end must be after quiet_hours_start")
+        return value
+
+
 class Settings(BaseSettings):
     """Everything carenotify can be told. See ``settings.toml`` for the defaults and their meaning."""
 
@@ -133,6 +155,7 @@ class Settings(BaseSettings):
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     provider: ProviderSettings = Field(default_factory=ProviderSettings)
+    scheduling: SchedulingSettings = Field(default_factory=SchedulingSettings)
 
     # Secrets: environment only (see SECRET_FIELDS).
     fcm_service_account_json: SecretStr | None = None

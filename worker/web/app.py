@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from worker.bootstrap import App
-from worker.web import routes_notifications, routes_ops, routes_patients, routes_webhooks
+from worker.web import routes_notifications, routes_ops, routes_patients, routes_scheduling, routes_webhooks
 from worker.web.errors import install_error_handlers
 from worker.web.idempotency import IdempotencyMiddleware
 
@@ -24,6 +24,7 @@ def create_web_app(app: App) -> FastAPI:
         routes_ops.router,
         routes_patients.router,
         routes_notifications.router,
+        routes_scheduling.router,
         routes_webhooks.router,
     ):
         web.include_router(router)

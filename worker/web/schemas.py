@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from worker.categories import Channel
 
@@ -102,3 +102,47 @@ class NotificationStatus(BaseModel):
     finished_at: datetime | None
     history: list[HistoryItem]
     provider_calls: list[ProviderCall]
+
+
+def _plausible(value: datetime) -> datetime:
+    # Far-future instants overflow date arithmetic (reminder offsets) and are never a real appointment.
+    if not 2000 <= value.year <= 2200:
+        raise ValueError("must be between the years 2000 and 2200")
+    return value
+
+
+Instant = Annotated[AwareDatetime, AfterValidator(_plausible)]
+SurveyKey = Annotated[str, StringConstraints(pattern=r"^[!-~]{1,64}$")]
+
+
+class AppointmentIn(Strict):
+    """An appointment as the platform knows it; reminders are planned from ``starts_at`` (e.g. 24 h, 2 h before)."""
+
+    appointment_ref: Ref
+    patient_ref: Ref
+    starts_at: Instant = Field(description="With a UTC offset, e.g. 2026-03-10T15:30:00-05:00")
+
+
+class RescheduleIn(Strict):
+    starts_at: Instant
+
+
+class AppointmentOut(BaseModel):
+    appointment_id: int
+    appointment_ref: str
+
+
+class SurveyIn(Strict):
+    """A survey to fill in: a first notice at ``first_send_at`` (default now) and ``reminders`` more."""
+
+    assignment_ref: Ref
+    patient_ref: Ref
+    survey_key: SurveyKey = Field(description="Which survey, e.g. postpartum-2w (an id, never a question)")
+    first_send_at: Instant | None = None
+    reminders: int | None = Field(default=None, ge=0, le=10)
+    interval_days: int | None = Field(default=None, ge=1, le=60)
+
+
+class SurveyOut(BaseModel):
+    survey_assignment_id: int
+    assignment_ref: str

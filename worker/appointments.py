@@ -1,0 +1,151 @@
+"""Appointments and their reminder plan.
+
+A plan is a set of notification rows with ``not_before`` (the send time, e.g. 24 h and 2 h before) and
+``expires_at`` (the start: a reminder is useless afterwards). Creating, rescheduling and cancelling change the
+appointment and its plan in one transaction; delivery re-checks the appointment at send time anyway.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col
+
+from worker.categories import Category
+from worker.clock import Clock
+from worker.db import session_scope
+from worker.errors import InvalidInput, NotFound
+from worker.models import Patient
+from worker.models_scheduling import Appointment, AppointmentStatus
+from worker.notifications import add_notification, cancel_open
+from worker.settings import Settings
+
+CONTEXT_KEY = "appointment_id"
+
+
+def _check_start(starts_at: datetime, now: datetime) -> None:
+    if starts_at.tzinfo is None:
+        raise InvalidInput("starts_at", "must include a UTC offset")
+    if starts_at <= now:
+        raise InvalidInput("starts_at", "must be in the future")
+
+
+def _plan(session: Session, settings: Settings, appointment: Appointment, now: datetime) -> int:
+    """Create the reminders of the appointment's current version that are still ahead; returns how many."""
+    assert appointment.id is not None
+    planned = 0
+    for hours in settings.scheduling.reminder_offsets_hours:
+        send_at = appointment.starts_at - timedelta(hours=hours)
+        if send_at < now:
+            continue  # that reminder's moment has passed; a later one still comes
+        _, created = add_notification(
+            session,
+            now,
+            patient_id=appointment.patient_id,
+            category=Category.APPOINTMENT_REMINDER,
+            idempotency_key=f"appt:{appointment.id}:v{appointment.version}:{hours:g}h",
+            context={CONTEXT_KEY: appointment.id, "version": appointment.version, "offset_hours": hours},
+            not_before=send_at,
+            expires_at=appointment.starts_at,
+        )
+        planned += int(created)
+    return planned
+
+
+def create_appointment(
+    engine: Engine, clock: Clock, settings: Settings, *, patient_id: int, external_ref: str, starts_at: datetime
+) -> int:
+    """Create an appointment and plan its reminders (idempotent on ``external_ref``)."""
+    now = clock.now()
+    _check_start(starts_at, now)
+    with session_scope(engine) as session:
+        if session.get(Patient, patient_id) is None:
+            raise NotFound(f"patient {patient_id} does not exist")
+        existing = session.scalars(select(Appointment).where(col(Appointment.external_ref) == external_ref)).first()
+        if existing is not None:
+            assert existing.id is not None
+            return existing.id
+        appointment = Appointment(
+            patient_id=patient_id, external_ref=external_ref, starts_at=starts_at, created_at=now, updated_at=now
+        )
+        session.add(appointment)
+        session.flush()
+        _plan(session, settings, appointment, now)
+        assert appointment.id is not None
+        return appointment.id
+
+
+def _load(session: Session, external_ref: str) -> Appointment:
+    appointment = session.scalars(
+        select(Appointment).where(col(Appointment.external_ref) == external_ref).with_for_update()
+    ).first()
+    if appointment is None:
+        raise NotFound("no appointment with that external_ref")
+    return appointment
+
+
+def reschedule_appointment(
+    engine: Engine, clock: Clock, settings: Settings, *, external_ref: str, starts_at: datetime
+) -> int:
+    """Move the appointment: the old plan is cancelled and the new one created in the same transaction."""
+    now = clock.now()
+    _check_start(starts_at, now)
+    with session_scope(engine) as session:
+        appointment = _load(session, external_ref)
+        if appointment.status is AppointmentStatus.CANCELLED:
+            raise InvalidInput("external_ref", "the appointment was cancelled")
+        assert appointment.id is not None
+        if appointment.starts_at == starts_at:
+            return appointment.id
+        cancel_open(
+            session,
+            now,
+            patient_id=appointment.patient_id,
+            context_key=CONTEXT_KEY,
+            value=appointment.id,
+            reason="appointment rescheduled",
+        )
+        appointment.starts_at = starts_at
+        appointment.version += 1
+        appointment.updated_at = now
+        session.add(appointment)
+        session.flush()
+        _plan(session, settings, appointment, now)
+        return appointment.id
+
+
+def cancel_appointment(engine: Engine, clock: Clock, *, external_ref: str) -> int:
+    """Cancel the appointment and every reminder not yet sent."""
+    now = clock.now()
+    with session_scope(engine) as session:
+        appointment = _load(session, external_ref)
+        assert appointment.id is not None
+        appointment.status = AppointmentStatus.CANCELLED
+        appointment.updated_at = now
+        session.add(appointment)
+        cancel_open(
+            session,
+            now,
+            patient_id=appointment.patient_id,
+            context_key=CONTEXT_KEY,
+            value=appointment.id,
+            reason="appointment cancelled",
+        )
+        return appointment.id
+
+
+def stale_reason(session: Session, context: dict[str, object], now: datetime) -> tuple[str, str] | None:
+    """At send time: ("cancelled"|"expired", reason) if this reminder must not go, else ``None``."""
+    appointment_id = context.get(CONTEXT_KEY)
+    if not isinstance(appointment_id, int):
+        return None
+    appointment = session.get(Appointment, appointment_id)
+    if appointment is None or appointment.status is AppointmentStatus.CANCELLED:
+        return "cancelled", "appointment cancelled"
+    if context.get("version") != appointment.version:
+        return "cancelled", "appointment rescheduled; this reminder was for the old time"
+    if appointment.starts_at <= now:
+        return "expired", "appointment already started"
+    return None

@@ -1,0 +1,118 @@
+"""Survey assignments: a first notice and up to N reminders every K days, until the survey is completed."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col
+
+from worker.categories import Category
+from worker.clock import Clock
+from worker.db import session_scope
+from worker.errors import InvalidInput, NotFound
+from worker.models import Patient
+from worker.models_scheduling import SurveyAssignment
+from worker.notifications import add_notification, cancel_open
+from worker.settings import Settings
+
+CONTEXT_KEY = "survey_assignment_id"
+
+
+def assign_survey(
+    engine: Engine,
+    clock: Clock,
+    settings: Settings,
+    *,
+    patient_id: int,
+    external_ref: str,
+    survey_key: str,
+    first_send_at: datetime | None = None,
+    reminders: int | None = None,
+    interval_days: int | None = None,
+) -> int:
+    """Assign a survey and plan its notices; each notice expires when the next one is due (no pile-up)."""
+    now = clock.now()
+    first = first_send_at or now
+    if first.tzinfo is None:
+        raise InvalidInput("first_send_at", "must include a UTC offset")
+    count = settings.scheduling.survey_reminders if reminders is None else reminders
+    every = settings.scheduling.survey_interval_days if interval_days is None else interval_days
+    if not 0 <= count <= 10:
+        raise InvalidInput("reminders", "must be between 0 and 10")
+    if not 1 <= every <= 60:
+        raise InvalidInput("interval_days", "must be between 1 and 60")
+    if not survey_key or len(survey_key) > 64:
+        raise InvalidInput("survey_key", "must be 1 to 64 characters")
+    with session_scope(engine) as session:
+        if session.get(Patient, patient_id) is None:
+            raise NotFound(f"patient {patient_id} does not exist")
+        existing = session.scalars(
+            select(SurveyAssignment).where(col(SurveyAssignment.external_ref) == external_ref)
+        ).first()
+        if existing is not None:
+            assert existing.id is not None
+            return existing.id
+        assignment = SurveyAssignment(
+            patient_id=patient_id,
+            external_ref=external_ref,
+            survey_key=survey_key,
+            first_send_at=first,
+            reminders=count,
+            interval_days=every,
+            created_at=now,
+        )
+        session.add(assignment)
+        session.flush()
+        assert assignment.id is not None
+        step = timedelta(days=every)
+        for index in range(count + 1):
+            send_at = first + step * index
+            add_notification(
+                session,
+                now,
+                patient_id=patient_id,
+                category=Category.SURVEY_REMINDER,
+                idempotency_key=f"survey:{assignment.id}:{index}",
+                context={CONTEXT_KEY: assignment.id, "sequence": index},
+                not_before=send_at,
+                expires_at=send_at + step,
+            )
+        return assignment.id
+
+
+def complete_survey(engine: Engine, clock: Clock, *, external_ref: str) -> int:
+    """Mark the survey done and cancel every notice not yet sent."""
+    now = clock.now()
+    with session_scope(engine) as session:
+        assignment = session.scalars(
+            select(SurveyAssignment).where(col(SurveyAssignment.external_ref) == external_ref).with_for_update()
+        ).first()
+        if assignment is None:
+            raise NotFound("no survey assignment with that external_ref")
+        assert assignment.id is not None
+        if assignment.completed_at is None:
+            assignment.completed_at = now
+            session.add(assignment)
+            cancel_open(
+                session,
+                now,
+                patient_id=assignment.patient_id,
+                context_key=CONTEXT_KEY,
+                value=assignment.id,
+                reason="survey completed",
+            )
+        return assignment.id
+
+
+def stale_reason(session: Session, context: dict[str, object]) -> tuple[str, str] | None:
+    assignment_id = context.get(CONTEXT_KEY)
+    if not isinstance(assignment_id, int):
+        return None
+    assignment = session.get(SurveyAssignment, assignment_id)
+    if assignment is None:
+        return "cancelled", "survey assignment withdrawn"
+    if assignment.completed_at is not None:
+        return "cancelled", "survey completed"
+    return None
