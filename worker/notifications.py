@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
@@ -236,6 +236,26 @@ def claim(engine: Engine, clock: Clock, notification_id: int, *, lease: timedelt
         return row
 
 
+OPEN_STATES = (State.PENDING, State.DEFERRED, State.RETRYING)
+
+
+def _due_conditions(now: datetime, grace: timedelta, requeue_after: timedelta) -> list[ColumnElement[bool]]:
+    """Three index range scans (``ix_notification_due`` on state, not_before), so a tick costs what is due,
+    not what exists: scheduled rows that came due, immediate rows nobody queued, and orphaned claims."""
+    unqueued = or_(col(Notification.enqueued_at).is_(None), col(Notification.enqueued_at) <= now - requeue_after)
+    scheduled = and_(col(Notification.state).in_(OPEN_STATES), col(Notification.not_before) <= now, unqueued)
+    immediate = and_(
+        col(Notification.state).in_(OPEN_STATES),
+        col(Notification.not_before).is_(None),
+        or_(
+            and_(col(Notification.enqueued_at).is_(None), col(Notification.created_at) <= now - grace),
+            col(Notification.enqueued_at) <= now - requeue_after,
+        ),
+    )
+    orphaned = and_(col(Notification.state) == State.SENDING, col(Notification.lease_until) < now)
+    return [scheduled, immediate, orphaned]
+
+
 def relay(
     engine: Engine,
     clock: Clock,
@@ -253,25 +273,20 @@ def relay(
     a duplicate message is harmless anyway because the worker's claim is a compare-and-set.
     """
     now = clock.now()
-    due_now = or_(col(Notification.not_before).is_(None), col(Notification.not_before) <= now)
-    never_queued = and_(
-        col(Notification.enqueued_at).is_(None),
-        or_(col(Notification.created_at) <= now - grace, col(Notification.not_before).is_not(None)),
-    )
-    lost = col(Notification.enqueued_at) <= now - requeue_after
-    condition = or_(
-        and_(
-            col(Notification.state).in_([State.PENDING, State.DEFERRED, State.RETRYING]),
-            due_now,
-            or_(never_queued, lost),
-        ),
-        and_(col(Notification.state) == State.SENDING, col(Notification.lease_until) < now),
-    )
     with session_scope(engine) as session:
-        query = select(col(Notification.id)).where(condition).order_by(col(Notification.id)).limit(batch_size)
-        if engine.dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)
-        ids = [row[0] for row in session.execute(query)]
+        ids: list[int] = []
+        for condition in _due_conditions(now, grace, requeue_after):
+            query = (
+                select(col(Notification.id))
+                .where(condition)
+                .order_by(col(Notification.id))
+                .limit(batch_size - len(ids))
+            )
+            if engine.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            ids.extend(session.scalars(query))
+            if len(ids) >= batch_size:
+                break
         for notification_id in ids:
             enqueue(notification_id)
         if ids:

@@ -26,13 +26,12 @@ def allowed_window(category: Category, default: tuple[time, time]) -> tuple[time
 
 
 def _local_instant(day: datetime, at: time, zone: ZoneInfo) -> datetime:
-    """``at`` on ``day`` in ``zone`` as UTC; a wall time skipped by DST moves forward by the gap."""
-    naive = datetime.combine(day.date(), at)
-    candidate = naive.replace(tzinfo=zone)
-    as_utc = candidate.astimezone(UTC)
-    if as_utc.astimezone(zone).replace(tzinfo=None) != naive:  # nonexistent local time (spring forward)
-        as_utc = naive.replace(tzinfo=zone, fold=1).astimezone(UTC)
-    return as_utc
+    """``at`` on ``day`` in ``zone``, as UTC.
+
+    ``fold=0`` (PEP 495) reads a wall time skipped by spring-forward with the pre-transition offset, which
+    lands it just after the gap (02:30 becomes 03:30 daylight time); a repeated time takes its first occurrence.
+    """
+    return datetime.combine(day.date(), at).replace(tzinfo=zone, fold=0).astimezone(UTC)
 
 
 def next_allowed_instant(now: datetime, zone: ZoneInfo, window: tuple[time, time]) -> datetime:

@@ -1,0 +1,119 @@
+"""Scheduler scan cost: one relay tick with 10 thousand vs 1 million future reminders (PostgreSQL).
+
+Each size gets a fresh database with N future rows plus the same 100 due rows; a tick (the relay's three
+index range scans with FOR UPDATE SKIP LOCKED, enqueueing the 100 due rows) is timed several times,
+un-stamping the due rows between runs. The 10k figure is the baseline; the claim is that the tick costs what
+is due, not what exists, so the ratio should stay near 1.
+
+    .venv/bin/python bench/scan.py [--sizes 10000 1000000] [--runs 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from worker.clock import FrozenClock
+from worker.db import make_engine
+from worker.migrate import upgrade
+from worker.notifications import relay
+
+BASE = os.environ.get("CARENOTIFY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+NOW = datetime(2026, 3, 2, 18, 0, tzinfo=UTC)
+DUE = 100
+
+
+def measure(size: int, runs: int) -> list[float]:
+    base = make_url(BASE)
+    name = f"carenotify_bench_{uuid.uuid4().hex[:8]}"
+    admin = base.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    engine = make_engine(base.set(database=name).render_as_string(hide_password=False))
+    try:
+        upgrade(engine)
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO patient (external_ref, time_zone, locale, created_at, updated_at) "
+                    "VALUES ('bench', 'UTC', 'en', now(), now())"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO notification (patient_id, category, context, idempotency_key, state, not_before, "
+                    "expires_at, attempt_count, created_at, updated_at) "
+                    "SELECT 1, 'appointment_reminder', '{}', 'f' || g, 'pending', "
+                    ":now + ((g % 43200) || ' minutes')::interval + interval '1 minute', NULL, 0, :now, :now "
+                    "FROM generate_series(1, :n) g"
+                ),
+                {"now": NOW, "n": size},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO notification (patient_id, category, context, idempotency_key, state, not_before, "
+                    "attempt_count, created_at, updated_at) "
+                    "SELECT 1, 'appointment_reminder', '{}', 'd' || g, 'pending', :now - interval '1 minute', "
+                    "0, :now, :now "
+                    "FROM generate_series(1, :n) g"
+                ),
+                {"now": NOW, "n": DUE},
+            )
+            conn.execute(text("ANALYZE notification"))
+        clock = FrozenClock(NOW)
+        timings = []
+        for _ in range(runs):
+            with engine.begin() as conn:
+                conn.execute(text("UPDATE notification SET enqueued_at = NULL WHERE idempotency_key LIKE 'd%'"))
+            queued: list[int] = []
+            t0 = time.perf_counter()
+            relay(
+                engine,
+                clock,
+                queued.append,
+                grace=timedelta(seconds=10),
+                requeue_after=timedelta(minutes=15),
+                batch_size=500,
+            )
+            timings.append(time.perf_counter() - t0)
+            assert len(queued) == DUE, len(queued)
+        return timings
+    finally:
+        engine.dispose()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 1_000_000])
+    parser.add_argument("--runs", type=int, default=15)
+    args = parser.parse_args()
+    results = {}
+    for size in args.sizes:
+        t0 = time.perf_counter()
+        timings = measure(size, args.runs)
+        results[size] = statistics.median(timings)
+        print(
+            f"{size:>9,} future rows + {DUE} due: tick median {results[size] * 1000:7.2f} ms "
+            f"(p90 {sorted(timings)[int(len(timings) * 0.9) - 1] * 1000:.2f} ms; "
+            f"setup+runs {time.perf_counter() - t0:.0f} s)"
+        )
+    baseline = results[args.sizes[0]]
+    for size in args.sizes[1:]:
+        print(
+            f"ratio {size:,} / {args.sizes[0]:,} = {results[size] / baseline:.2f}x "
+            f"(rows ratio {size / args.sizes[0]:.0f}x)"
+        )
+
+
+if __name__ == "__main__":
+    main()
