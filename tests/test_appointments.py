@@ -68,7 +68,9 @@ def test_plan_24h_and_2h_and_both_are_sent_on_time(setup) -> None:  # type: igno
     app.clock.set(starts - timedelta(hours=2))
     assert len(_tick(app)) == 1
     assert [load(app, r.id).state for r in plan] == [State.SENT, State.SENT]
-    assert len(push.sent) == 2 and len(sms.sent) == 2
+    # Healthcare texts are capped at one a day (TCPA exemption): the 2 h reminder goes by push only.
+    assert len(push.sent) == 2 and len(sms.sent) == 1
+    assert "frequency cap: 1 healthcare text a day" in load(app, plan[1].id).reason
 
 
 def test_reschedule_replaces_the_plan_and_a_stale_reminder_is_never_sent(setup) -> None:  # type: ignore[no-untyped-def]

@@ -22,6 +22,7 @@ from sqlmodel import col
 
 from integrations.base import OutboundMessage, Outcome, Provider, SendResult
 from worker import appointments, surveys
+from worker.caps import recent_counts
 from worker.categories import Category, Channel
 from worker.circuit import CircuitBreakers
 from worker.clock import Clock
@@ -119,6 +120,7 @@ def _deliver_claimed(deps: DeliveryDeps, row: Notification) -> Report:
             )
         )
         consent = current_consent(session, row.patient_id)
+        counts = recent_counts(session, row.patient_id, deps.clock.now(), exclude=row.id)
         stale = appointments.stale_reason(session, row.context, deps.clock.now()) or surveys.stale_reason(
             session, row.context
         )
@@ -137,6 +139,7 @@ def _deliver_claimed(deps: DeliveryDeps, row: Notification) -> Report:
         now=now,
         consent=consent,
         quiet_window=deps.quiet_window,
+        counts=counts,
     )
     if decision.expire:
         return _settle(deps, row.id, State.EXPIRED, decision.expire)
@@ -179,7 +182,9 @@ def _send_channel(
     if not providers:
         out.results.append(("-", SendResult(outcome=Outcome.FAILED, detail=f"no provider configured for {channel}")))
         return out
-    text = render(Category(row.category), channel, patient.locale)
+    text = render(
+        Category(row.category), channel, patient.locale, sms_reply=str(row.context.get("sms_reply") or "") or None
+    )
     for target in _targets(channel, patient, devices):
         if target.key in accepted_before:
             out.already += 1
@@ -337,6 +342,8 @@ def _conclude(deps: DeliveryDeps, row: Notification, outcomes: list[_ChannelResu
         reason = "accepted: " + ", ".join(parts)
         if problems:
             reason += "; not reached: " + "; ".join(problems[-3:])
+        if notes:
+            reason += "; " + "; ".join(notes)
         return _settle(deps, row.id, State.SENT, reason)
     if waiting:
         last = "; ".join(problems[-3:])

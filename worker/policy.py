@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, time
 from zoneinfo import ZoneInfo
 
+from worker.caps import Counts, capped
 from worker.categories import RULES, Category, Channel
 from worker.models import Device, Notification, Patient, Preference
 from worker.quiet_hours import allowed_window, next_allowed_instant
@@ -78,6 +79,7 @@ def decide(
     now: datetime,
     consent: Mapping[tuple[str, str | None], bool] | None = None,
     quiet_window: tuple[time, time] | None = None,
+    counts: Counts | None = None,
 ) -> Decision:
     """Evaluate every send-time rule, cheapest and most final first."""
     if notification.expires_at is not None and notification.expires_at <= now:
@@ -87,19 +89,34 @@ def decide(
     wanted = requested_channels(notification)
     muted = muted_channels(notification, preferences)
     refused = consent_blocked(Category(notification.category), consent or {}) - muted
+    if notification.context.get("sms_reply"):
+        # The one reply a STOP/START/HELP text gets: the law requires it, so a revocation cannot block it.
+        refused.discard(Channel.SMS)
+    whole, capped_channels, cap_reason = (
+        capped(Category(notification.category), counts) if counts else (False, set(), None)
+    )
+    if whole:
+        return Decision(suppress=cap_reason)
+    refused |= capped_channels - muted
     allowed = tuple(c for c in wanted if c not in muted and c not in refused)
     if not allowed:
         parts = []
         if muted & set(wanted):
             parts.append(f"muted by patient: {notification.category} on {', '.join(sorted(muted & set(wanted)))}")
-        if refused & set(wanted):
-            parts.append(f"no consent: {notification.category} on {', '.join(sorted(refused & set(wanted)))}")
+        if (refused - capped_channels) & set(wanted):
+            parts.append(
+                f"no consent: {notification.category} on {', '.join(sorted((refused - capped_channels) & set(wanted)))}"
+            )
+        if cap_reason and capped_channels & set(wanted):
+            parts.append(cap_reason)
         return Decision(suppress="; ".join(parts))
     deferral = _quiet_hours(notification, patient, now, quiet_window)
     if deferral is not None:
         return deferral
     usable = tuple(c for c in allowed if reachable(c, patient, devices))
     notes = tuple(f"{c} muted" for c in sorted(muted & set(wanted)))
+    if cap_reason and capped_channels & set(wanted):
+        notes += (f"{', '.join(sorted(capped_channels & set(wanted)))} held back ({cap_reason})",)
     if not usable:
         missing = ", ".join(f"no {_contact_name(c)}" for c in allowed)
         return Decision(channels=(), notes=notes + (f"unreachable: {missing}",), fallback=rule.fallback)

@@ -59,9 +59,38 @@ _SMS_STOP = {"en": "Reply STOP to opt out.", "es": "Responda STOP para cancelar.
 _EMAIL_UNSUBSCRIBE = {"en": "Unsubscribe: {url}", "es": "Cancelar suscripción: {url}"}
 
 
-def render(category: Category, channel: Channel, locale: str, *, unsubscribe_url: str | None = None) -> Rendered:
+#: The one reply to an SMS keyword (TCPA: a confirmation, no marketing; HELP: who we are and how to stop).
+_SMS_REPLIES: dict[tuple[str, str], str] = {
+    (
+        "opt_out",
+        "en",
+    ): "You are unsubscribed from Partum Health texts and will receive no more. Reply START to resubscribe.",
+    ("opt_out", "es"): "Ya no recibirá mensajes de texto de Partum Health. Responda START para volver a suscribirse.",
+    ("opt_in", "en"): "You are subscribed to Partum Health texts again. Reply STOP to unsubscribe, HELP for help.",
+    ("opt_in", "es"): "Vuelve a recibir mensajes de Partum Health. Responda STOP para cancelar, HELP para ayuda.",
+    (
+        "help",
+        "en",
+    ): "Partum Health care notices. Msg&data rates may apply. Reply STOP to unsubscribe. support@partumhealth.com",
+    (
+        "help",
+        "es",
+    ): "Avisos de Partum Health. Pueden aplicarse tarifas. Responda STOP para cancelar. support@partumhealth.com",
+}
+
+
+def render(
+    category: Category,
+    channel: Channel,
+    locale: str,
+    *,
+    unsubscribe_url: str | None = None,
+    sms_reply: str | None = None,
+) -> Rendered:
     """Render the text for one message. Unknown locales fall back to English."""
     loc = locale if locale in LOCALES else "en"
+    if sms_reply is not None:
+        return Rendered(title=BRAND, body=f"{BRAND}: {_SMS_REPLIES[(sms_reply, loc)].removeprefix('Partum Health ')}")
     title, body = _TEXT[(category, loc)]
     if channel is Channel.SMS:
         # SMS must name the sender and stay within one 160-character segment.

@@ -5,7 +5,14 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from worker.bootstrap import App
-from worker.web import routes_notifications, routes_ops, routes_patients, routes_scheduling, routes_webhooks
+from worker.web import (
+    routes_notifications,
+    routes_ops,
+    routes_patients,
+    routes_preferences,
+    routes_scheduling,
+    routes_webhooks,
+)
 from worker.web.errors import install_error_handlers
 from worker.web.idempotency import IdempotencyMiddleware
 
@@ -23,6 +30,7 @@ def create_web_app(app: App) -> FastAPI:
     for router in (
         routes_ops.router,
         routes_patients.router,
+        routes_preferences.router,
         routes_notifications.router,
         routes_scheduling.router,
         routes_webhooks.router,

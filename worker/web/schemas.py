@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
-from worker.categories import Channel
+from worker.categories import Category, Channel
 
 #: An opaque identifier from the platform (patient ref, message id): printable ASCII without spaces.
 REF_PATTERN = r"^[!-~]{1,128}$"
@@ -146,3 +146,25 @@ class SurveyIn(Strict):
 class SurveyOut(BaseModel):
     survey_assignment_id: int
     assignment_ref: str
+
+
+class PreferenceChangeIn(Strict):
+    category: Category
+    channel: Channel
+    enabled: bool
+
+
+class PreferencesIn(Strict):
+    """Switches to flip; the others stay as they are. Applied all together or not at all."""
+
+    changes: list[PreferenceChangeIn] = Field(min_length=1, max_length=40)
+    #: ``app``: the patient flipped it in the app and the platform relays it; ``api``: the platform itself (staff).
+    via: Literal["app", "api"] = "app"
+    #: Required to turn SMS marketing on: where the patient's written consent is kept (e.g. a form id).
+    sms_consent_evidence: Annotated[str, StringConstraints(pattern=r"^[ -~]{1,200}$")] | None = None
+
+
+class PreferencesOut(BaseModel):
+    """category -> channel -> on/off, defaults filled in."""
+
+    preferences: dict[str, dict[str, bool]]
