@@ -39,7 +39,14 @@ def _tick(app) -> list[int]:  # type: ignore[no-untyped-def]
     queued: list[int] = []
     from worker.notifications import relay
 
-    relay(app.engine, app.clock, queued.append, grace=timedelta(seconds=10), requeue_after=timedelta(minutes=15), batch_size=100)
+    relay(
+        app.engine,
+        app.clock,
+        queued.append,
+        grace=timedelta(seconds=10),
+        requeue_after=timedelta(minutes=15),
+        batch_size=100,
+    )
     for nid in queued:
         deliver(app.deps, nid)
     return queued
@@ -115,7 +122,12 @@ def test_send_time_recheck_cancels_a_reminder_queued_before_the_reschedule(setup
 def test_cancel_cancels_pending_reminders(setup) -> None:  # type: ignore[no-untyped-def]
     app, pid, push, _ = setup
     create_appointment(
-        app.engine, app.clock, app.settings, patient_id=pid, external_ref="a1", starts_at=app.clock.now() + timedelta(days=2)
+        app.engine,
+        app.clock,
+        app.settings,
+        patient_id=pid,
+        external_ref="a1",
+        starts_at=app.clock.now() + timedelta(days=2),
     )
     cancel_appointment(app.engine, app.clock, external_ref="a1")
     assert {r.state for r in _reminders(app)} == {State.CANCELLED}
@@ -170,6 +182,11 @@ def test_bad_input_names_the_field(setup) -> None:  # type: ignore[no-untyped-de
     app, pid, _, _ = setup
     with pytest.raises(InvalidInput, match="^starts_at: must be in the future"):
         create_appointment(
-            app.engine, app.clock, app.settings, patient_id=pid, external_ref="x", starts_at=app.clock.now() - timedelta(hours=1)
+            app.engine,
+            app.clock,
+            app.settings,
+            patient_id=pid,
+            external_ref="x",
+            starts_at=app.clock.now() - timedelta(hours=1),
         )
     assert _reminders(app) == []

@@ -96,10 +96,11 @@ def test_demo_shows_notifications_flowing(tmp_path: Path) -> None:
     result = _run(["demo"], tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert len(lines) == 3, result.stdout
+    assert len(lines) == 4, result.stdout
     assert "demo-patient-1: care_team_message -> sent via push" in lines[0]
     assert "demo-patient-2: care_team_message -> sent via sms" in lines[1]
     assert "demo-patient-3: account_notice -> sent via email" in lines[2]
+    assert "demo-patient-4: care_team_message -> suppressed via - (muted by patient" in lines[3]
     sent = [json.loads(line) for line in (tmp_path / "sink.jsonl").read_text().splitlines()]
     assert sorted(m["channel"] for m in sent) == ["email", "push", "sms"]
     assert all("555" not in m["body"] and "patient3" not in m["body"] for m in sent)

@@ -50,7 +50,9 @@ def test_two_scheduler_processes_send_each_due_reminder_once(make_app, pg_url: s
                 not_before=due_at,
                 channels=[Channel.PUSH],
             )
-    app.clock.set(due_at + timedelta(minutes=1))  # the worker's clock: past the due time (schedulers use the wall clock)
+    app.clock.set(
+        due_at + timedelta(minutes=1)
+    )  # the worker's clock: past the due time (schedulers use the wall clock)
     env = {
         **os.environ,
         "CARENOTIFY_DATABASE_URL": pg_url,
@@ -110,7 +112,8 @@ def test_due_scan_uses_the_partial_index_with_many_future_rows(pg_url: str) -> N
             text(
                 "INSERT INTO notification (patient_id, category, context, idempotency_key, state, not_before, "
                 "attempt_count, created_at, updated_at) "
-                "SELECT 1, 'survey_reminder', '{}', 'f' || g, 'pending', :now + (g || ' minutes')::interval, 0, :now, :now "
+                "SELECT 1, 'survey_reminder', '{}', 'f' || g, 'pending', :now + (g || ' minutes')::interval, "
+                "0, :now, :now "
                 "FROM generate_series(1, 50000) g"
             ),
             {"now": now},

@@ -22,7 +22,14 @@ from worker.surveys import assign_survey, complete_survey
 
 def _tick(app) -> list[int]:  # type: ignore[no-untyped-def]
     queued: list[int] = []
-    relay(app.engine, app.clock, queued.append, grace=timedelta(seconds=10), requeue_after=timedelta(minutes=15), batch_size=100)
+    relay(
+        app.engine,
+        app.clock,
+        queued.append,
+        grace=timedelta(seconds=10),
+        requeue_after=timedelta(minutes=15),
+        batch_size=100,
+    )
     for nid in queued:
         deliver(app.deps, nid)
     return queued
@@ -32,7 +39,9 @@ def _notices(app) -> list[Notification]:  # type: ignore[no-untyped-def]
     with session_scope(app.engine) as session:
         rows = list(
             session.scalars(
-                select(Notification).where(col(Notification.category) == Category.SURVEY_REMINDER).order_by(col(Notification.id))
+                select(Notification)
+                .where(col(Notification.category) == Category.SURVEY_REMINDER)
+                .order_by(col(Notification.id))
             )
         )
         for r in rows:
@@ -45,8 +54,14 @@ def test_cadence_and_completion_stops_the_rest(make_app) -> None:  # type: ignor
     app = make_app(providers=fake_providers(push=push))
     pid = create_patient(app)
     assign_survey(
-        app.engine, app.clock, app.settings, patient_id=pid, external_ref="s1", survey_key="2w-postpartum",
-        reminders=3, interval_days=2,
+        app.engine,
+        app.clock,
+        app.settings,
+        patient_id=pid,
+        external_ref="s1",
+        survey_key="2w-postpartum",
+        reminders=3,
+        interval_days=2,
     )
     notices = _notices(app)
     assert [n.not_before - notices[0].not_before for n in notices] == [timedelta(days=d) for d in (0, 2, 4, 6)]
@@ -63,7 +78,16 @@ def test_cadence_and_completion_stops_the_rest(make_app) -> None:  # type: ignor
 def test_missed_notice_expires_instead_of_piling_up(make_app) -> None:  # type: ignore[no-untyped-def]
     app = make_app(providers=fake_providers())
     pid = create_patient(app)
-    assign_survey(app.engine, app.clock, app.settings, patient_id=pid, external_ref="s1", survey_key="k", reminders=2, interval_days=3)
+    assign_survey(
+        app.engine,
+        app.clock,
+        app.settings,
+        patient_id=pid,
+        external_ref="s1",
+        survey_key="k",
+        reminders=2,
+        interval_days=3,
+    )
     app.clock.advance(days=3, hours=1)  # the scheduler was down through the first notice's whole life
     _tick(app)
     assert [load(app, n.id).state for n in _notices(app)] == [State.EXPIRED, State.SENT, State.PENDING]
@@ -72,7 +96,9 @@ def test_missed_notice_expires_instead_of_piling_up(make_app) -> None:  # type: 
 def test_completed_survey_is_rechecked_at_send_time(make_app) -> None:  # type: ignore[no-untyped-def]
     app = make_app(providers=fake_providers())
     pid = create_patient(app)
-    sid = assign_survey(app.engine, app.clock, app.settings, patient_id=pid, external_ref="s1", survey_key="k", reminders=0)
+    sid = assign_survey(
+        app.engine, app.clock, app.settings, patient_id=pid, external_ref="s1", survey_key="k", reminders=0
+    )
     [notice] = _notices(app)
     with session_scope(app.engine) as session:  # completed by another path while the message was queued
         from worker.models_scheduling import SurveyAssignment
@@ -87,4 +113,6 @@ def test_bad_cadence_is_refused_naming_the_field(make_app) -> None:  # type: ign
     app = make_app()
     pid = create_patient(app)
     with pytest.raises(InvalidInput, match="^interval_days"):
-        assign_survey(app.engine, app.clock, app.settings, patient_id=pid, external_ref="s", survey_key="k", interval_days=0)
+        assign_survey(
+            app.engine, app.clock, app.settings, patient_id=pid, external_ref="s", survey_key="k", interval_days=0
+        )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -29,6 +29,7 @@ from worker.errors import ConfigError
 from worker.notifications import Submitted, relay, submit
 from worker.ratelimit import build_rate_limits
 from worker.settings import Settings, load_settings
+from worker.unsubscribe import make_unsubscribe_url
 
 #: Which channels each provider can serve.
 PROVIDER_CHANNELS: dict[str, frozenset[Channel]] = {
@@ -124,6 +125,15 @@ def build_providers(
     return registry
 
 
+def _unsubscribe_links(settings: Settings, clock: Clock) -> Callable[[int], str] | None:
+    if settings.signing_key is None:
+        return None
+    key = settings.require_secret("signing_key")
+    return lambda patient_id: make_unsubscribe_url(
+        settings.public_base_url, key, patient_id=patient_id, now=clock.now()
+    )
+
+
 @dataclass
 class App:
     """Everything a process needs, built once."""
@@ -183,6 +193,7 @@ def build_app(
         providers=registry,
         settings=settings.delivery,
         quiet_window=(settings.scheduling.quiet_hours_start, settings.scheduling.quiet_hours_end),
+        unsubscribe_url=_unsubscribe_links(settings, clock),
         breakers=CircuitBreakers(
             clock,
             threshold=settings.provider.breaker_failure_threshold,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from datetime import time as dt_time
@@ -56,6 +56,8 @@ class DeliveryDeps:
     #: The local window for what can wait (settings.scheduling); ``None`` disables quiet hours.
     quiet_window: tuple[dt_time, dt_time] | None = (dt_time(8, 0), dt_time(21, 0))
     rate_limits: ProviderRateLimits | None = None
+    #: patient id -> signed unsubscribe URL; ``None`` when no signing key is configured.
+    unsubscribe_url: Callable[[int], str] | None = None
 
 
 @dataclass(frozen=True)
@@ -182,8 +184,21 @@ def _send_channel(
     if not providers:
         out.results.append(("-", SendResult(outcome=Outcome.FAILED, detail=f"no provider configured for {channel}")))
         return out
+    data = {"notification_id": str(row.id), "category": str(row.category)}
+    unsubscribe: str | None = None
+    if row.category == Category.MARKETING and channel is Channel.EMAIL:
+        if deps.unsubscribe_url is None:
+            out.results.append(
+                ("-", SendResult(outcome=Outcome.CONFIG_ERROR, detail="marketing email needs CARENOTIFY_SIGNING_KEY"))
+            )
+            return out
+        unsubscribe = data["unsubscribe_url"] = deps.unsubscribe_url(row.patient_id)
     text = render(
-        Category(row.category), channel, patient.locale, sms_reply=str(row.context.get("sms_reply") or "") or None
+        Category(row.category),
+        channel,
+        patient.locale,
+        unsubscribe_url=unsubscribe,
+        sms_reply=str(row.context.get("sms_reply") or "") or None,
     )
     for target in _targets(channel, patient, devices):
         if target.key in accepted_before:
@@ -198,7 +213,7 @@ def _send_channel(
             platform=target.platform,
             title=text.title,
             body=text.body,
-            data={"notification_id": str(row.id), "category": str(row.category)},
+            data=data,
             promotional=row.category == Category.MARKETING,
         )
         name, result = _send_with_failover(deps, row, channel, providers, target, message)

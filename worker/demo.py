@@ -5,8 +5,10 @@ from __future__ import annotations
 import structlog
 
 from worker.bootstrap import App
-from worker.categories import Category
+from worker.categories import Category, Channel
+from worker.models_consent import ConsentSource
 from worker.patients import register_device, upsert_patient
+from worker.preferences import PreferenceChange, set_preferences
 
 log = structlog.get_logger(__name__)
 
@@ -39,7 +41,10 @@ _DEMO_PATIENTS: tuple[tuple[str, str | None, str | None, str | None, Category], 
     ("demo-patient-2", "+1 312 555 0177", None, None, Category.CARE_TEAM_MESSAGE),
     # A required account notice (policy update) goes by email, whatever the patient muted.
     ("demo-patient-3", None, "patient3@example.org", None, Category.ACCOUNT_NOTICE),
+    # Muted care-team notices on every channel she has: held back, with the reason written down.
+    ("demo-patient-4", "+1 312 555 0199", None, "demo-ios-token-0004", Category.CARE_TEAM_MESSAGE),
 )
+_MUTED = "demo-patient-4"
 
 
 def run_demo(app: App, *, timeout_ms: int = 30_000) -> list[str]:
@@ -60,6 +65,15 @@ def run_demo(app: App, *, timeout_ms: int = 30_000) -> list[str]:
             )
             if token:
                 register_device(app.engine, app.clock, patient_id=patient_id, platform="ios", token=token)
+            if ref == _MUTED:
+                set_preferences(
+                    app.engine,
+                    app.clock,
+                    patient_id=patient_id,
+                    changes=[PreferenceChange(category, channel, False) for channel in (Channel.PUSH, Channel.SMS)],
+                    source=ConsentSource.APP,
+                    actor="demo",
+                )
             result = app.submit(patient_id=patient_id, category=category, idempotency_key=f"demo:{ref}:{stamp}")
             submitted.append((ref, result.notification_id))
         app.broker.join(app.settings.queue_name, timeout=timeout_ms)

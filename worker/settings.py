@@ -152,6 +152,8 @@ class Settings(BaseSettings):
     #: Where the console provider writes (``-`` for standard output).
     console_sink: str = "-"
     default_time_zone: str = "America/New_York"
+    #: Where patients reach us (unsubscribe links); must be the public HTTPS origin in production.
+    public_base_url: str = "http://127.0.0.1:8000"
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     provider: ProviderSettings = Field(default_factory=ProviderSettings)

@@ -9,6 +9,7 @@ from urllib.parse import urlencode
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from integrations.twilio import twilio_signature
 from tests.conftest import attempts, create_notification, create_patient, events, load
@@ -17,6 +18,8 @@ from worker.categories import Category, Channel
 from worker.consent import current_consent
 from worker.db import session_scope
 from worker.delivery import deliver
+from worker.models import Notification
+from worker.models_consent import ConsentEvent
 from worker.states import State
 from worker.web.app import create_web_app
 
@@ -135,3 +138,53 @@ def test_forged_or_stale_sendgrid_events_change_nothing(api: Api) -> None:
 
 def test_sendgrid_body_must_be_an_event_array(api: Api) -> None:
     assert_refused(_sendgrid_post(api, {"event": "x"}), 400, "body")  # type: ignore[arg-type]
+
+
+SMS_URL = "http://testserver/webhooks/twilio/sms"
+
+
+def _inbound(api: Api, form: dict[str, str], *, token: str = TWILIO_TOKEN):  # type: ignore[no-untyped-def]
+    return api.client.post(
+        "/webhooks/twilio/sms",
+        content=urlencode(form),
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Twilio-Signature": twilio_signature(token, SMS_URL, form),
+        },
+    )
+
+
+def _ledger_size(api: Api) -> int:
+    with session_scope(api.app.engine) as session:
+        return len(session.scalars(select(ConsentEvent)).all())
+
+
+def _notification_count(api: Api) -> int:
+    with session_scope(api.app.engine) as session:
+        return len(session.scalars(select(Notification)).all())
+
+
+def _sms_consent(api: Api, patient_id: int) -> dict[tuple[str, str | None], bool]:
+    with session_scope(api.app.engine) as session:
+        return current_consent(session, patient_id)
+
+
+def test_inbound_stop_opts_out_once_and_replays_change_nothing(api: Api) -> None:
+    patient_id = create_patient(api.app, phone="+12125550123", devices=())
+    form = {"MessageSid": "SM0001", "From": "+12125550123", "To": "+15005550006", "Body": "Stop"}
+    answer = _inbound(api, form)
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/xml")
+    assert "<Response></Response>" in answer.text
+    assert _sms_consent(api, patient_id) == {("sms", None): False}
+    ledger_before, replies_before = _ledger_size(api), _notification_count(api)
+    assert replies_before == 1  # one confirmation text, through the outbox
+    assert _inbound(api, form).status_code == 200  # Twilio retried, or someone replays a capture
+    assert (_ledger_size(api), _notification_count(api)) == (ledger_before, replies_before)
+
+
+def test_forged_inbound_sms_changes_nothing(api: Api) -> None:
+    patient_id = create_patient(api.app, phone="+12125550123", devices=())
+    form = {"MessageSid": "SM0002", "From": "+12125550123", "Body": "STOP"}
+    assert_refused(_inbound(api, form, token="not-our-token"), 403, "X-Twilio-Signature")
+    assert _sms_consent(api, patient_id) == {}
+    assert_refused(_inbound(api, {"From": "+12125550123", "Body": "STOP"}), 400, "MessageSid")

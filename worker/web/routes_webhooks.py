@@ -1,10 +1,10 @@
-"""Provider callbacks: Twilio status callbacks and SendGrid events. Signed by the provider, checked here.
+"""Provider callbacks: Twilio inbound SMS and status callbacks, SendGrid events; signed, checked here.
 
 A request whose signature does not verify is refused (403) before anything is read into the database. A valid
-request seen before (the same MessageSid + status, the same ``sg_event_id``) finds its :class:`WebhookReceipt`
-and changes nothing; SendGrid's signed timestamp must also be recent, so an old capture cannot be replayed.
-The URL Twilio signs is the one we gave it: ``provider.twilio_status_callback_url`` if set, else the request's
-own URL (run uvicorn with ``--forwarded-allow-ips`` behind a proxy so that URL is the public one).
+request seen before (the same inbound MessageSid, MessageSid + status, ``sg_event_id``) finds its
+:class:`WebhookReceipt` and changes nothing; SendGrid's signed timestamp must also be recent, so an old capture
+cannot be replayed. The URL Twilio signs is the one we gave it: ``provider.twilio_status_callback_url`` if set,
+else the request's own URL (run uvicorn with ``--forwarded-allow-ips`` behind a proxy so that URL is public).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import delete
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
@@ -32,6 +32,7 @@ from worker.db import session_scope
 from worker.errors import ConfigError
 from worker.models_api import WebhookReceipt
 from worker.receipts import apply_sendgrid_events, apply_twilio_status
+from worker.sms_inbound import handle_inbound_sms
 from worker.web.errors import ApiError, ErrorBody
 
 router = APIRouter(
@@ -128,6 +129,34 @@ async def twilio_status(request: Request) -> JSONResponse:
 
     result = await run_in_threadpool(_apply_once, app, "twilio_status", [f"{sid}:{status}"], apply)
     return JSONResponse({"result": result})
+
+
+#: Twilio wants TwiML back; an empty response sends no reply from Twilio itself (ours goes through the outbox).
+_EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+
+
+@router.post(
+    "/twilio/sms",
+    response_class=Response,
+    responses={200: {"content": {"text/xml": {}}, "description": "empty TwiML"}, 400: {"model": ErrorBody}},
+)
+async def twilio_inbound_sms(request: Request) -> Response:
+    """A text from a patient: STOP-family and plain-language revocations opt out, START opts in, HELP answers."""
+    app: App = request.app.state.app
+    token = _secret(app, "twilio_auth_token", TWILIO_SIGNATURE)
+    form = _form(await _body(request))
+    if not verify_twilio_signature(token, str(request.url), form, request.headers.get(TWILIO_SIGNATURE)):
+        raise ApiError(403, "bad_signature", TWILIO_SIGNATURE, f"{TWILIO_SIGNATURE}: does not verify")
+    for field in ("MessageSid", "From"):
+        if not form.get(field):
+            raise ApiError(400, "invalid_input", field, f"{field}: missing from the callback")
+
+    def apply(fresh: list[str]) -> None:
+        if fresh:
+            handle_inbound_sms(app.engine, app.clock, app.enqueue, from_number=form["From"], body=form.get("Body", ""))
+
+    await run_in_threadpool(_apply_once, app, "twilio_sms", [form["MessageSid"]], apply)
+    return Response(_EMPTY_TWIML, media_type="text/xml")
 
 
 @router.post("/sendgrid/events", responses={200: {"description": "counts of what each event did"}})

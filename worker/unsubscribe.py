@@ -1,0 +1,93 @@
+"""Signed, expiring unsubscribe links: no login needed, and nobody can unsubscribe someone else.
+
+A token is ``<payload>.<signature>``: the payload (base64url JSON: patient id, channel, category, expiry) is
+signed with HMAC-SHA256 under ``CARENOTIFY_SIGNING_KEY``. It carries an id, never an address. Applying it is
+idempotent and works for the link (GET shows a page) and RFC 8058 one-click (POST).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from datetime import datetime, timedelta
+
+from sqlalchemy.engine import Engine
+
+from worker.categories import Category, Channel
+from worker.clock import Clock
+from worker.consent import record_consent
+from worker.db import session_scope
+from worker.errors import InvalidInput
+from worker.models import Patient
+from worker.models_consent import ConsentSource
+
+DEFAULT_TTL = timedelta(days=60)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def make_token(
+    key: str,
+    *,
+    patient_id: int,
+    now: datetime,
+    channel: Channel = Channel.EMAIL,
+    category: Category = Category.MARKETING,
+    ttl: timedelta = DEFAULT_TTL,
+) -> str:
+    payload = _b64(
+        json.dumps(
+            {"p": patient_id, "ch": channel.value, "c": category.value, "exp": int((now + ttl).timestamp())},
+            separators=(",", ":"),
+        ).encode()
+    )
+    signature = _b64(hmac.new(key.encode(), payload.encode(), hashlib.sha256).digest())
+    return f"{payload}.{signature}"
+
+
+def make_unsubscribe_url(base_url: str, key: str, *, patient_id: int, now: datetime) -> str:
+    return f"{base_url.rstrip('/')}/v1/unsubscribe/{make_token(key, patient_id=patient_id, now=now)}"
+
+
+def read_token(key: str, token: str, now: datetime) -> tuple[int, Channel, Category]:
+    """Verify signature and expiry; raises :class:`InvalidInput` (field ``token``) otherwise."""
+    try:
+        payload, signature = token.split(".", 1)
+        expected = _b64(hmac.new(key.encode(), payload.encode(), hashlib.sha256).digest())
+        if not hmac.compare_digest(expected, signature):
+            raise InvalidInput("token", "signature does not match")
+        data = json.loads(_unb64(payload))
+    except (ValueError, json.JSONDecodeError):
+        raise InvalidInput("token", "malformed") from None
+    if int(data["exp"]) < now.timestamp():
+        raise InvalidInput("token", "expired")
+    return int(data["p"]), Channel(data["ch"]), Category(data["c"])
+
+
+def apply_unsubscribe_token(engine: Engine, clock: Clock, key: str, token: str) -> bool:
+    """Record the opt-out; ``False`` if the patient no longer exists (erased). Idempotent."""
+    now = clock.now()
+    patient_id, channel, category = read_token(key, token, now)
+    with session_scope(engine) as session:
+        if session.get(Patient, patient_id) is None:
+            return False
+        record_consent(
+            session,
+            patient_id=patient_id,
+            channel=channel,
+            category=category,
+            granted=False,
+            source=ConsentSource.UNSUBSCRIBE_LINK,
+            actor="patient",
+            at=now,
+            detail="one-click unsubscribe",
+        )
+    return True
