@@ -58,6 +58,8 @@ def test_all_providers_paused_means_retry_later_not_failure(make_app) -> None:  
     report = deliver(app.deps, nid)
     assert report.state is State.RETRYING and len(only.sent) == 1
     assert attempts(app, nid)[-1].error_code == "circuit_open"
+    # It waits for the circuit's cool-down instead of burning attempts at backoff speed.
+    assert report.retry_in is not None and report.retry_in >= 299
 
 
 def test_push_provider_is_chosen_by_platform(make_app) -> None:  # type: ignore[no-untyped-def]

@@ -45,8 +45,9 @@ def declare_actors(broker: dramatiq.Broker, deps: DeliveryDeps, *, queue_name: s
         broker=broker,
         actor_name="deliver",
         queue_name=queue_name,
-        # The database counts attempts and settles the row; the broker's cap is only a backstop for crashes.
-        max_retries=cfg.max_attempts + 3,
+        # The database counts attempts, expiry and settles the row; the broker's cap is only a backstop for
+        # crashes, so a deliberate Retry (provider said "later", circuit open) never counts against it.
+        retry_when=lambda retries, exc: isinstance(exc, dramatiq.Retry) or retries < cfg.max_attempts + 3,
         min_backoff=int(cfg.min_backoff_seconds * 1000),
         max_backoff=int(cfg.max_backoff_seconds * 1000),
         time_limit=cfg.time_limit_seconds * 1000,

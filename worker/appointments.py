@@ -94,7 +94,7 @@ def reschedule_appointment(
     _check_start(starts_at, now)
     with session_scope(engine) as session:
         appointment = _load(session, external_ref)
-        if appointment.status is AppointmentStatus.CANCELLED:
+        if appointment.status == AppointmentStatus.CANCELLED:
             raise InvalidInput("external_ref", "the appointment was cancelled")
         assert appointment.id is not None
         if appointment.starts_at == starts_at:
@@ -142,7 +142,7 @@ def stale_reason(session: Session, context: dict[str, object], now: datetime) ->
     if not isinstance(appointment_id, int):
         return None
     appointment = session.get(Appointment, appointment_id)
-    if appointment is None or appointment.status is AppointmentStatus.CANCELLED:
+    if appointment is None or appointment.status == AppointmentStatus.CANCELLED:
         return "cancelled", "appointment cancelled"
     if context.get("version") != appointment.version:
         return "cancelled", "appointment rescheduled; this reminder was for the old time"

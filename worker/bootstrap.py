@@ -152,6 +152,9 @@ class App:
         self.actors.deliver.send(notification_id)
 
     def submit(self, **kwargs: Any) -> Submitted:
+        """Submit with the default time-to-live: a notice that could not go out in time expires, with a reason."""
+        if kwargs.get("expires_at") is None:
+            kwargs.setdefault("ttl", timedelta(hours=self.settings.delivery.default_ttl_hours))
         return submit(self.engine, self.clock, self.enqueue, **kwargs)
 
     def relay(self) -> int:

@@ -42,6 +42,14 @@ class CircuitBreakers:
             state = self._states.get(provider)
             return bool(state and state.open_until is not None and self._clock.now() < state.open_until)
 
+    def reopens_in(self, provider: str) -> float:
+        """Seconds until an open circuit lets a trial call through (0 if it is not open)."""
+        with self._lock:
+            state = self._states.get(provider)
+            if state is None or state.open_until is None:
+                return 0.0
+            return max(0.0, (state.open_until - self._clock.now()).total_seconds())
+
     def success(self, provider: str) -> None:
         with self._lock:
             self._states[provider] = _State()

@@ -261,8 +261,13 @@ def _send_with_failover(
         return "-", SendResult(
             outcome=Outcome.FAILED, detail=f"no {channel} provider serves platform {target.platform}"
         )
+    # Wait for the first circuit to allow a trial, rather than burn attempts while every provider is paused.
+    wait = min((deps.breakers.reopens_in(p.name) for p in candidates), default=0.0) if deps.breakers else 0.0
     paused = SendResult(
-        outcome=Outcome.RETRY, error_code="circuit_open", detail=f"every {channel} provider is paused after failures"
+        outcome=Outcome.RETRY,
+        error_code="circuit_open",
+        detail=f"every {channel} provider is paused after failures",
+        retry_after=max(wait, 1.0),
     )
     _record_attempt(deps, row, channel, "-", target, paused, deps.clock.now(), 0)
     return "-", paused
@@ -342,7 +347,8 @@ def _conclude(deps: DeliveryDeps, row: Notification, outcomes: list[_ChannelResu
     problems = [
         _describe(o.channel, name, r) for o in outcomes for name, r in o.results if r.outcome is not Outcome.ACCEPTED
     ]
-    if waiting and row.attempt_count < deps.settings.max_attempts:
+    paused_only = bool(waiting) and all(r.error_code == "circuit_open" for r in waiting) and not reached
+    if waiting and (paused_only or row.attempt_count < deps.settings.max_attempts):
         delay = _retry_delay(deps, row.attempt_count, waiting)
         return _settle(
             deps,
@@ -351,6 +357,9 @@ def _conclude(deps: DeliveryDeps, row: Notification, outcomes: list[_ChannelResu
             f"attempt {row.attempt_count} of {deps.settings.max_attempts}: {'; '.join(problems[-3:])}",
             not_before=deps.clock.now() + timedelta(seconds=delay),
             retry_in=delay,
+            # No provider was called while every circuit was open: that wait is not an attempt. The
+            # notification's expiry bounds it instead.
+            uncount=paused_only,
         )
     if reached:
         parts = [f"{o.channel} ({_plural(o.accepted + o.already, 'target')})" for o in reached]
@@ -397,6 +406,7 @@ def _settle(
     *,
     not_before: datetime | None = None,
     retry_in: float | None = None,
+    uncount: bool = False,
 ) -> Report:
     now = deps.clock.now()
     with session_scope(deps.engine) as session:
@@ -409,6 +419,8 @@ def _settle(
             row.lease_until = None
             # A retry's broker message becomes visible at not_before; a deferral has none (the relay queues it).
             row.enqueued_at = not_before if state is State.RETRYING else None
+            if uncount:
+                row.attempt_count = max(0, row.attempt_count - 1)
     log.info("notification.settled", notification_id=notification_id, state=str(state))
     return Report(notification_id, state, reason, retry_in)
 

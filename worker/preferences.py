@@ -27,6 +27,11 @@ class PreferenceChange:
     channel: Channel
     enabled: bool
 
+    def __post_init__(self) -> None:
+        # Accept plain strings from callers; compare as enums everywhere below.
+        object.__setattr__(self, "category", Category(self.category))
+        object.__setattr__(self, "channel", Channel(self.channel))
+
 
 def get_preferences(engine: Engine, patient_id: int) -> dict[str, dict[str, bool]]:
     """category -> channel -> on/off, for every category and channel (defaults filled in)."""

@@ -20,6 +20,7 @@ from worker.web.auth import create_api_key
 
 #: The Twilio auth token and SendGrid Event Webhook key pair the test app verifies callbacks with.
 TWILIO_TOKEN = "test-twilio-auth-token-0123456789"
+SIGNING_KEY = "test-signing-key-for-unsubscribe-links"
 SENDGRID_KEY = ec.generate_private_key(ec.SECP256R1())
 SENDGRID_PUBLIC = base64.b64encode(
     SENDGRID_KEY.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -48,6 +49,7 @@ def api(make_app) -> Iterator[Api]:  # type: ignore[no-untyped-def]
     app = make_app(
         providers=fake_providers(push=push, sms=sms, email=email),
         twilio_auth_token=TWILIO_TOKEN,
+        signing_key=SIGNING_KEY,
         provider={"sendgrid_event_public_key": SENDGRID_PUBLIC},
     )
     key = create_api_key(app.engine, app.clock, "care-platform")

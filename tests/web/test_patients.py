@@ -56,3 +56,18 @@ def test_device_registration(api: Api) -> None:
     bad = api.client.post("/v1/patients/pt-9/devices", json={"platform": "nokia", "token": "t"}, headers=api.auth)
     assert_refused(bad, 422, "platform")
     assert _count(api, Device) == 1
+
+
+def test_erasure_deletes_the_patient_and_cancels_queued_work(api: Api) -> None:
+    api.client.post("/v1/patients", json={"external_ref": "pt-child", "time_zone": "UTC"}, headers=api.auth)
+    api.client.post("/v1/care-team-messages", json={"patient_ref": "pt-child", "message_id": "m"}, headers=api.auth)
+    erased = api.client.post("/v1/patients/pt-child/erase", json={"reason": "under_13"}, headers=api.auth)
+    assert erased.status_code == 200 and erased.json() == {"erased": True, "cancelled_notifications": 1}
+    assert _count(api, Patient) == 0
+    assert_refused(
+        api.client.post("/v1/patients/pt-child/erase", json={"reason": "under_13"}, headers=api.auth),
+        404,
+        "external_ref",
+    )
+    bad = api.client.post("/v1/patients/x/erase", json={"reason": "she has postpartum depression"}, headers=api.auth)
+    assert "depression" not in assert_refused(bad, 422, "reason")["message"]  # type: ignore[operator]

@@ -11,6 +11,7 @@ from worker.web import (
     routes_patients,
     routes_preferences,
     routes_scheduling,
+    routes_unsubscribe,
     routes_webhooks,
 )
 from worker.web.errors import install_error_handlers
@@ -33,6 +34,7 @@ def create_web_app(app: App) -> FastAPI:
         routes_preferences.router,
         routes_notifications.router,
         routes_scheduling.router,
+        routes_unsubscribe.router,
         routes_webhooks.router,
     ):
         web.include_router(router)

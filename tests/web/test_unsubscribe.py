@@ -1,0 +1,40 @@
+"""The unsubscribe link and RFC 8058 one-click: signed tokens only; a GET alone changes nothing."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from tests.conftest import create_patient
+from tests.web.conftest import SIGNING_KEY, Api, assert_refused
+from worker.consent import current_consent
+from worker.db import session_scope
+from worker.unsubscribe import make_token
+
+
+def _consent(api: Api, patient_id: int) -> dict[tuple[str, str | None], bool]:
+    with session_scope(api.app.engine) as session:
+        return current_consent(session, patient_id)
+
+
+def test_link_shows_a_page_and_one_click_post_unsubscribes(api: Api) -> None:
+    patient_id = create_patient(api.app)
+    token = make_token(SIGNING_KEY, patient_id=patient_id, now=api.app.clock.now())
+    page = api.client.get(f"/v1/unsubscribe/{token}")
+    assert page.status_code == 200 and "<form method='post'" in page.text
+    assert _consent(api, patient_id) == {}  # a mail scanner following the link unsubscribes nobody
+    one_click = api.client.post(f"/v1/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"})
+    assert one_click.status_code == 200 and "unsubscribed" in one_click.text
+    assert _consent(api, patient_id) == {("email", "marketing"): False}
+    assert api.client.post(f"/v1/unsubscribe/{token}").status_code == 200  # again: still out, still 200
+    assert _consent(api, patient_id) == {("email", "marketing"): False}
+
+
+def test_forged_or_expired_tokens_are_refused_and_change_nothing(api: Api) -> None:
+    patient_id = create_patient(api.app)
+    forged = make_token("someone-elses-key", patient_id=patient_id, now=api.app.clock.now())
+    assert_refused(api.client.post(f"/v1/unsubscribe/{forged}"), 422, "token")
+    assert_refused(api.client.get(f"/v1/unsubscribe/{forged}"), 422, "token")
+    old = make_token(SIGNING_KEY, patient_id=patient_id, now=api.app.clock.now() - timedelta(days=90))
+    assert_refused(api.client.post(f"/v1/unsubscribe/{old}"), 422, "token")
+    assert_refused(api.client.post("/v1/unsubscribe/not-a-token"), 422, "token")
+    assert _consent(api, patient_id) == {}
