@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -218,3 +218,22 @@ def events(app: App, notification_id: int) -> list[tuple[str | None, str, str | 
                 .order_by(NotificationEvent.id)  # type: ignore[arg-type]
             )
         ]
+
+
+def tick(app: App) -> list[int]:
+    """One scheduler tick, then the worker: what the relay queues is delivered (synchronously, on app.clock)."""
+    from worker.delivery import deliver
+    from worker.notifications import relay
+
+    queued: list[int] = []
+    relay(
+        app.engine,
+        app.clock,
+        queued.append,
+        grace=timedelta(seconds=10),
+        requeue_after=timedelta(minutes=15),
+        batch_size=100,
+    )
+    for nid in queued:
+        deliver(app.deps, nid)
+    return queued

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlmodel import col
 
 from integrations.fake import ScriptedProvider
-from tests.conftest import create_patient, fake_providers, load
+from tests.conftest import create_patient, fake_providers, load, tick
 from worker.appointments import cancel_appointment, create_appointment, reschedule_appointment
 from worker.categories import Category, Channel
 from worker.db import session_scope
@@ -34,24 +34,6 @@ def _reminders(app) -> list[Notification]:  # type: ignore[no-untyped-def]
         return rows
 
 
-def _tick(app) -> list[int]:  # type: ignore[no-untyped-def]
-    """One scheduler tick then the worker: what the relay queues is delivered."""
-    queued: list[int] = []
-    from worker.notifications import relay
-
-    relay(
-        app.engine,
-        app.clock,
-        queued.append,
-        grace=timedelta(seconds=10),
-        requeue_after=timedelta(minutes=15),
-        batch_size=100,
-    )
-    for nid in queued:
-        deliver(app.deps, nid)
-    return queued
-
-
 @pytest.fixture
 def setup(make_app):  # type: ignore[no-untyped-def]
     push = ScriptedProvider(name="push", channel=Channel.PUSH)
@@ -69,11 +51,11 @@ def test_plan_24h_and_2h_and_both_are_sent_on_time(setup) -> None:  # type: igno
     plan = _reminders(app)
     assert [r.not_before for r in plan] == [starts - timedelta(hours=24), starts - timedelta(hours=2)]
     assert all(r.expires_at == starts for r in plan)
-    assert _tick(app) == []
+    assert tick(app) == []
     app.clock.set(starts - timedelta(hours=24))
-    assert len(_tick(app)) == 1
+    assert len(tick(app)) == 1
     app.clock.set(starts - timedelta(hours=2))
-    assert len(_tick(app)) == 1
+    assert len(tick(app)) == 1
     assert [load(app, r.id).state for r in plan] == [State.SENT, State.SENT]
     # Healthcare texts are capped at one a day (TCPA exemption): the 2 h reminder goes by push only.
     assert len(push.sent) == 2 and len(sms.sent) == 1
@@ -93,7 +75,7 @@ def test_reschedule_replaces_the_plan_and_a_stale_reminder_is_never_sent(setup) 
     assert [r.not_before for r in new] == [new_start - timedelta(hours=24), new_start - timedelta(hours=2)]
     # A message for an old reminder that was already in flight is refused by the send-time check.
     app.clock.set(starts - timedelta(hours=24))
-    assert _tick(app) == []
+    assert tick(app) == []
     assert push.sent == []
 
 
@@ -132,7 +114,7 @@ def test_cancel_cancels_pending_reminders(setup) -> None:  # type: ignore[no-unt
     cancel_appointment(app.engine, app.clock, external_ref="a1")
     assert {r.state for r in _reminders(app)} == {State.CANCELLED}
     app.clock.advance(days=3)
-    assert _tick(app) == [] and push.sent == []
+    assert tick(app) == [] and push.sent == []
 
 
 def test_quiet_hours_defer_a_reminder_into_the_morning(setup) -> None:  # type: ignore[no-untyped-def]
@@ -143,12 +125,12 @@ def test_quiet_hours_defer_a_reminder_into_the_morning(setup) -> None:  # type: 
     create_appointment(app.engine, app.clock, app.settings, patient_id=pid, external_ref="a1", starts_at=starts)
     second = _reminders(app)[1]
     app.clock.set(second.not_before)
-    _tick(app)
+    tick(app)
     row = load(app, second.id)
     assert row.state == State.DEFERRED and row.not_before == datetime(2026, 3, 4, 13, 0, tzinfo=UTC)
     assert row.reason == "quiet hours: held until 08:00 America/New_York"
     app.clock.set(datetime(2026, 3, 4, 13, 0, tzinfo=UTC))
-    assert second.id in _tick(app)
+    assert second.id in tick(app)
     assert load(app, second.id).state == State.SENT
 
 
@@ -158,7 +140,7 @@ def test_reminder_that_would_wait_past_the_start_expires(setup) -> None:  # type
     create_appointment(app.engine, app.clock, app.settings, patient_id=pid, external_ref="a1", starts_at=starts)
     second = _reminders(app)[1]
     app.clock.set(second.not_before)
-    _tick(app)
+    tick(app)
     assert load(app, second.id).state == State.EXPIRED
 
 
@@ -170,7 +152,7 @@ def test_downtime_catch_up_sends_what_is_still_useful_and_expires_the_rest(setup
     create_appointment(app.engine, app.clock, app.settings, patient_id=pid, external_ref="a2", starts_at=other_start)
     # The scheduler is down from now until 1 hour before the first appointment.
     app.clock.set(starts - timedelta(hours=1))
-    _tick(app)
+    tick(app)
     states = {(r.context["appointment_id"], r.context["offset_hours"]): load(app, r.id).state for r in _reminders(app)}
     # a1's reminders (24 h and 2 h before) are still before the start: sent late rather than never.
     assert states[(1, 24.0)] == State.SENT and states[(1, 2.0)] == State.SENT

@@ -9,30 +9,14 @@ from sqlalchemy import select
 from sqlmodel import col
 
 from integrations.fake import ScriptedProvider
-from tests.conftest import create_patient, fake_providers, load
+from tests.conftest import create_patient, fake_providers, load, tick
 from worker.categories import Category, Channel
 from worker.db import session_scope
 from worker.delivery import deliver
 from worker.errors import InvalidInput
 from worker.models import Notification
-from worker.notifications import relay
 from worker.states import State
 from worker.surveys import assign_survey, complete_survey
-
-
-def _tick(app) -> list[int]:  # type: ignore[no-untyped-def]
-    queued: list[int] = []
-    relay(
-        app.engine,
-        app.clock,
-        queued.append,
-        grace=timedelta(seconds=10),
-        requeue_after=timedelta(minutes=15),
-        batch_size=100,
-    )
-    for nid in queued:
-        deliver(app.deps, nid)
-    return queued
 
 
 def _notices(app) -> list[Notification]:  # type: ignore[no-untyped-def]
@@ -65,14 +49,14 @@ def test_cadence_and_completion_stops_the_rest(make_app) -> None:  # type: ignor
     )
     notices = _notices(app)
     assert [n.not_before - notices[0].not_before for n in notices] == [timedelta(days=d) for d in (0, 2, 4, 6)]
-    assert len(_tick(app)) == 1
+    assert len(tick(app)) == 1
     app.clock.advance(days=2)
-    assert len(_tick(app)) == 1
+    assert len(tick(app)) == 1
     complete_survey(app.engine, app.clock, external_ref="s1")
     assert [load(app, n.id).state for n in notices] == [State.SENT, State.SENT, State.CANCELLED, State.CANCELLED]
     assert load(app, notices[2].id).reason == "survey completed"
     app.clock.advance(days=10)
-    assert _tick(app) == [] and len(push.sent) == 2
+    assert tick(app) == [] and len(push.sent) == 2
 
 
 def test_missed_notice_expires_instead_of_piling_up(make_app) -> None:  # type: ignore[no-untyped-def]
@@ -89,7 +73,7 @@ def test_missed_notice_expires_instead_of_piling_up(make_app) -> None:  # type: 
         interval_days=3,
     )
     app.clock.advance(days=3, hours=1)  # the scheduler was down through the first notice's whole life
-    _tick(app)
+    tick(app)
     assert [load(app, n.id).state for n in _notices(app)] == [State.EXPIRED, State.SENT, State.PENDING]
 
 
