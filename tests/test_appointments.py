@@ -50,7 +50,9 @@ def test_plan_24h_and_2h_and_both_are_sent_on_time(setup) -> None:  # type: igno
     create_appointment(app.engine, app.clock, app.settings, patient_id=pid, external_ref="a1", starts_at=starts)
     plan = _reminders(app)
     assert [r.not_before for r in plan] == [starts - timedelta(hours=24), starts - timedelta(hours=2)]
-    assert all(r.expires_at == starts for r in plan)
+    # The 24 h reminder is superseded once the 2 h one is due; the 2 h one is useless after the start.
+    assert [r.expires_at for r in plan] == [starts - timedelta(hours=2), starts]
+    assert [r.idempotency_key for r in plan] == ["appt:1:v1:24h", "appt:1:v1:2h"]
     assert tick(app) == []
     app.clock.set(starts - timedelta(hours=24))
     assert len(tick(app)) == 1
@@ -150,14 +152,21 @@ def test_downtime_catch_up_sends_what_is_still_useful_and_expires_the_rest(setup
     create_appointment(app.engine, app.clock, app.settings, patient_id=pid, external_ref="a1", starts_at=starts)
     other_start = app.clock.now() + timedelta(days=1, hours=3)
     create_appointment(app.engine, app.clock, app.settings, patient_id=pid, external_ref="a2", starts_at=other_start)
+    third_start = app.clock.now() + timedelta(days=2, hours=20)
+    create_appointment(app.engine, app.clock, app.settings, patient_id=pid, external_ref="a3", starts_at=third_start)
     # The scheduler is down from now until 1 hour before the first appointment.
     app.clock.set(starts - timedelta(hours=1))
     tick(app)
     states = {(r.context["appointment_id"], r.context["offset_hours"]): load(app, r.id).state for r in _reminders(app)}
-    # a1's reminders (24 h and 2 h before) are still before the start: sent late rather than never.
-    assert states[(1, 24.0)] == State.SENT and states[(1, 2.0)] == State.SENT
+    # a1: the 2 h reminder is still before the start, so it goes late rather than never; the 24 h one is
+    # superseded by it (one reminder, not two in the same minute).
+    assert states[(1, 2.0)] == State.SENT and states[(1, 24.0)] == State.EXPIRED
     # a2 already started: its reminders expired, not sent.
     assert states[(2, 24.0)] == State.EXPIRED and states[(2, 2.0)] == State.EXPIRED
+    # a3 (in 19 h): its 24 h reminder became due during the downtime and is still the latest useful one.
+    assert states[(3, 24.0)] == State.SENT and states[(3, 2.0)] == State.PENDING
+    assert (load(app, 1).reason or "").startswith("expired at")
+    assert tick(app) == [], "nothing is sent twice on the next tick"
 
 
 def test_bad_input_names_the_field(setup) -> None:  # type: ignore[no-untyped-def]
@@ -172,3 +181,73 @@ def test_bad_input_names_the_field(setup) -> None:  # type: ignore[no-untyped-de
             starts_at=app.clock.now() - timedelta(hours=1),
         )
     assert _reminders(app) == []
+
+
+def test_dst_change_reminder_follows_the_local_clock(setup) -> None:  # type: ignore[no-untyped-def]
+    app, pid, push, _ = setup
+    # Monday 9 March 2026 08:30 EDT (12:30 UTC), the day after spring-forward. The 24 h reminder falls at
+    # 12:30 UTC Sunday = 08:30 EDT (in the window); the 2 h reminder at 06:30 EDT (10:30 UTC) waits for
+    # 08:00 EDT = 12:00 UTC (with EST's offset it would wrongly be 13:00 UTC, after the start).
+    starts = datetime(2026, 3, 9, 12, 30, tzinfo=UTC)
+    create_appointment(app.engine, app.clock, app.settings, patient_id=pid, external_ref="a1", starts_at=starts)
+    first, second = _reminders(app)
+    app.clock.set(first.not_before)
+    assert tick(app) == [first.id] and load(app, first.id).state == State.SENT
+    app.clock.set(second.not_before)
+    tick(app)
+    row = load(app, second.id)
+    assert row.state == State.DEFERRED and row.not_before == datetime(2026, 3, 9, 12, 0, tzinfo=UTC)
+    assert row.reason == "quiet hours: held until 08:00 America/New_York"
+    app.clock.set(datetime(2026, 3, 9, 11, 59, tzinfo=UTC))
+    assert tick(app) == []
+    app.clock.set(datetime(2026, 3, 9, 12, 0, tzinfo=UTC))
+    assert tick(app) == [second.id] and load(app, second.id).state == State.SENT
+
+
+def test_reschedule_nearer_plans_only_what_is_ahead_and_moving_back_gets_fresh_keys(setup) -> None:  # type: ignore[no-untyped-def]
+    app, pid, push, _ = setup
+    starts = app.clock.now() + timedelta(days=3)
+    create_appointment(app.engine, app.clock, app.settings, patient_id=pid, external_ref="a1", starts_at=starts)
+    near = app.clock.now() + timedelta(hours=5)
+    reschedule_appointment(app.engine, app.clock, app.settings, external_ref="a1", starts_at=near)
+    pending = [r for r in _reminders(app) if r.state == State.PENDING]
+    assert [(r.context["version"], r.context["offset_hours"]) for r in pending] == [(2, 2.0)]
+    assert pending[0].expires_at == near
+    # Moving it back to the first time plans again (version 3), not blocked by version 1's idempotency keys.
+    reschedule_appointment(app.engine, app.clock, app.settings, external_ref="a1", starts_at=starts)
+    pending = [r for r in _reminders(app) if r.state == State.PENDING]
+    assert [r.idempotency_key for r in pending] == ["appt:1:v3:24h", "appt:1:v3:2h"]
+    assert len([r for r in _reminders(app) if r.state == State.CANCELLED]) == 3
+    for offset in (24, 2):
+        app.clock.set(starts - timedelta(hours=offset))
+        tick(app)
+    sent = [r.idempotency_key for r in _reminders(app) if load(app, r.id).state == State.SENT]
+    assert sent == ["appt:1:v3:24h", "appt:1:v3:2h"] and len(push.sent) == 2
+
+
+def test_a_cancelled_appointment_cannot_be_rescheduled_and_cancel_is_idempotent(setup) -> None:  # type: ignore[no-untyped-def]
+    app, pid, push, _ = setup
+    starts = app.clock.now() + timedelta(days=2)
+    aid = create_appointment(app.engine, app.clock, app.settings, patient_id=pid, external_ref="a1", starts_at=starts)
+    assert cancel_appointment(app.engine, app.clock, external_ref="a1") == aid
+    assert cancel_appointment(app.engine, app.clock, external_ref="a1") == aid
+    with pytest.raises(InvalidInput, match="^external_ref: the appointment was cancelled"):
+        reschedule_appointment(
+            app.engine, app.clock, app.settings, external_ref="a1", starts_at=starts + timedelta(days=1)
+        )
+    assert {r.state for r in _reminders(app)} == {State.CANCELLED}
+
+
+def test_reminder_offsets_come_from_settings_and_bad_ones_are_refused(make_app) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import make_settings
+    from worker.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="scheduling.reminder_offsets_hours"):
+        make_settings(scheduling={"reminder_offsets_hours": [24, 0]})
+    app = make_app(scheduling={"reminder_offsets_hours": [1, 48, 24]})
+    pid = create_patient(app)
+    starts = app.clock.now() + timedelta(days=3)
+    create_appointment(app.engine, app.clock, app.settings, patient_id=pid, external_ref="a1", starts_at=starts)
+    plan = _reminders(app)
+    assert [r.context["offset_hours"] for r in plan] == [48, 24, 1]
+    assert [r.expires_at for r in plan] == [starts - timedelta(hours=24), starts - timedelta(hours=1), starts]

@@ -127,3 +127,112 @@ def test_due_scan_uses_the_partial_index_with_many_future_rows(pg_url: str) -> N
             assert "ix_notification_due" in plan, plan
             assert "Seq Scan on notification" not in plan, plan
     engine.dispose()
+
+
+def _due_rows(app, count: int) -> None:  # type: ignore[no-untyped-def]
+    pid = create_patient(app, time_zone="UTC")
+    with session_scope(app.engine) as session:
+        for i in range(count):
+            add_notification(
+                session,
+                app.clock.now(),
+                patient_id=pid,
+                category=Category.APPOINTMENT_REMINDER,
+                idempotency_key=f"due-{i}",
+                not_before=app.clock.now() - timedelta(minutes=1),
+                channels=[Channel.PUSH],
+            )
+
+
+def test_a_scheduler_that_dies_mid_tick_releases_its_claims(make_app, pg_url: str) -> None:  # type: ignore[no-untyped-def]
+    """Scheduler A holds 50 rows locked while it enqueues; B skips them and takes the other 50. A dies before
+    committing: its rows were never stamped, so B's next tick takes them. Each row is queued exactly once."""
+    import threading
+
+    from worker.notifications import relay
+
+    app = make_app(database_url=pg_url, migrate=False)
+    _due_rows(app, 100)
+    inside, die = threading.Event(), threading.Event()
+
+    class Died(Exception):
+        pass
+
+    def dying_enqueue(_: int) -> None:
+        inside.set()
+        die.wait(timeout=10)
+        raise Died("scheduler process killed")
+
+    def tick_a() -> None:
+        with pytest.raises(Died):
+            relay(
+                app.engine,
+                app.clock,
+                dying_enqueue,
+                grace=timedelta(0),
+                requeue_after=timedelta(minutes=15),
+                batch_size=50,
+            )
+
+    thread = threading.Thread(target=tick_a)
+    thread.start()
+    assert inside.wait(timeout=10)
+    queued: list[int] = []
+
+    def tick_b() -> int:
+        return relay(
+            app.engine,
+            app.clock,
+            queued.append,
+            grace=timedelta(0),
+            requeue_after=timedelta(minutes=15),
+            batch_size=500,
+        )
+
+    assert tick_b() == 50, "the rows A holds are skipped, not waited for"
+    die.set()
+    thread.join(timeout=10)
+    assert tick_b() == 50, "A's claims came back when its transaction died"
+    assert tick_b() == 0
+    assert sorted(queued) == list(range(1, 101))
+
+
+def test_downtime_catch_up_on_postgresql(make_app, pg_url: str) -> None:  # type: ignore[no-untyped-def]
+    """Reminders that became due while no scheduler ran: sent if still useful, expired if not."""
+    from tests.conftest import load, tick
+    from worker.appointments import create_appointment
+    from worker.surveys import assign_survey
+
+    push = ScriptedProvider(name="push", channel=Channel.PUSH)
+    app = make_app(providers=fake_providers(push=push), database_url=pg_url, migrate=False)
+    pid = create_patient(app, time_zone="America/Chicago")
+    now = app.clock.now()  # 2 March 2026 12:00 in Chicago
+    soon = create_appointment(
+        app.engine, app.clock, app.settings, patient_id=pid, external_ref="soon", starts_at=now + timedelta(hours=30)
+    )
+    past = create_appointment(
+        app.engine, app.clock, app.settings, patient_id=pid, external_ref="past", starts_at=now + timedelta(hours=26)
+    )
+    assign_survey(
+        app.engine,
+        app.clock,
+        app.settings,
+        patient_id=pid,
+        external_ref="s",
+        survey_key="k",
+        reminders=2,
+        interval_days=1,
+    )
+    app.clock.advance(hours=27)  # down for 27 hours: 15:00 in Chicago the next day
+    tick(app)
+    with session_scope(app.engine) as session:
+        rows = list(session.scalars(select(Notification).order_by(col(Notification.id))))
+    by_key = {r.idempotency_key: load(app, r.id).state for r in rows}
+    assert by_key[f"appt:{soon}:v1:24h"] == State.SENT  # due 21 h ago, the start is 3 h ahead: still useful
+    assert by_key[f"appt:{soon}:v1:2h"] == State.PENDING
+    assert by_key[f"appt:{past}:v1:24h"] == State.EXPIRED and by_key[f"appt:{past}:v1:2h"] == State.EXPIRED
+    # Survey: the first notice was superseded by the reminder due 3 h ago, which goes; the last one waits.
+    survey = [by_key[f"survey:1:{i}"] for i in range(3)]
+    assert survey == [State.EXPIRED, State.SENT, State.PENDING]
+    assert len(push.sent) == 2
+    assert tick(app) == []

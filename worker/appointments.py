@@ -33,13 +33,18 @@ def _check_start(starts_at: datetime, now: datetime) -> None:
 
 
 def _plan(session: Session, settings: Settings, appointment: Appointment, now: datetime) -> int:
-    """Create the reminders of the appointment's current version that are still ahead; returns how many."""
+    """Create the reminders of the appointment's current version that are still ahead; returns how many.
+
+    Each reminder expires at the start, or earlier when the next reminder is due: after downtime the patient
+    gets the latest useful reminder, not a 24 h and a 2 h reminder in the same minute.
+    """
     assert appointment.id is not None
+    offsets = sorted(set(settings.scheduling.reminder_offsets_hours), reverse=True)
+    ahead = [(hours, appointment.starts_at - timedelta(hours=hours)) for hours in offsets]
+    ahead = [(hours, send_at) for hours, send_at in ahead if send_at >= now]  # a passed moment is skipped
     planned = 0
-    for hours in settings.scheduling.reminder_offsets_hours:
-        send_at = appointment.starts_at - timedelta(hours=hours)
-        if send_at < now:
-            continue  # that reminder's moment has passed; a later one still comes
+    for index, (hours, send_at) in enumerate(ahead):
+        expires_at = ahead[index + 1][1] if index + 1 < len(ahead) else appointment.starts_at
         _, created = add_notification(
             session,
             now,
@@ -48,7 +53,7 @@ def _plan(session: Session, settings: Settings, appointment: Appointment, now: d
             idempotency_key=f"appt:{appointment.id}:v{appointment.version}:{hours:g}h",
             context={CONTEXT_KEY: appointment.id, "version": appointment.version, "offset_hours": hours},
             not_before=send_at,
-            expires_at=appointment.starts_at,
+            expires_at=expires_at,
         )
         planned += int(created)
     return planned

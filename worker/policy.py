@@ -129,11 +129,11 @@ def _quiet_hours(
     """Defer what can wait into the patient's next local window; expire it if that is too late."""
     if default is None:
         return None
-    window = allowed_window(Category(notification.category), default)
+    window = allowed_window(Category(notification.category), patient, default)
     if window is None:
         return None
     zone = ZoneInfo(patient.time_zone)
-    opens = next_allowed_instant(now, zone, window)
+    opens = next_allowed_instant(now, zone, *window)
     if opens <= now:
         return None
     if notification.expires_at is not None and opens >= notification.expires_at:

@@ -111,6 +111,14 @@ class SchedulingSettings(BaseModel):
     survey_reminders: int = Field(2, ge=0, le=10)
     survey_interval_days: int = Field(3, ge=1, le=60)
 
+    @field_validator("reminder_offsets_hours")
+    @classmethod
+    def _offsets_before_the_start(cls, value: list[float]) -> list[float]:
+        # A reminder at or after the start would expire the moment it is due.
+        if any(not 0 < hours <= 24 * 60 for hours in value):
+            raise ValueError("every reminder offset must be more than 0 and at most 1440 hours")
+        return value
+
     @field_validator("quiet_hours_end")
     @classmethod
     def _window_not_empty(cls, value: time, info: Any) -> time:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
@@ -46,7 +47,8 @@ def assign_survey(
     if not survey_key or len(survey_key) > 64:
         raise InvalidInput("survey_key", "must be 1 to 64 characters")
     with session_scope(engine) as session:
-        if session.get(Patient, patient_id) is None:
+        patient = session.get(Patient, patient_id)
+        if patient is None:
             raise NotFound(f"patient {patient_id} does not exist")
         existing = session.scalars(
             select(SurveyAssignment).where(col(SurveyAssignment.external_ref) == external_ref)
@@ -66,9 +68,8 @@ def assign_survey(
         session.add(assignment)
         session.flush()
         assert assignment.id is not None
-        step = timedelta(days=every)
-        for index in range(count + 1):
-            send_at = first + step * index
+        times = cadence(first, count, every, ZoneInfo(patient.time_zone))
+        for index, send_at in enumerate(times):
             add_notification(
                 session,
                 now,
@@ -77,9 +78,24 @@ def assign_survey(
                 idempotency_key=f"survey:{assignment.id}:{index}",
                 context={CONTEXT_KEY: assignment.id, "sequence": index},
                 not_before=send_at,
-                expires_at=send_at + step,
+                # Superseded by the next notice; the last one stays useful for one more interval.
+                expires_at=times[index + 1] if index + 1 < len(times) else send_at + timedelta(days=every),
             )
         return assignment.id
+
+
+def cadence(first: datetime, reminders: int, interval_days: int, zone: ZoneInfo) -> list[datetime]:
+    """The first notice and ``reminders`` more every ``interval_days``, at the first one's local wall time.
+
+    Days are calendar days in the patient's zone, so a 10:00 notice stays at 10:00 across a DST change
+    (adding 24 h multiples in UTC would move it to 09:00 or 11:00). A wall time skipped by spring-forward
+    lands just after the gap (PEP 495 ``fold=0``).
+    """
+    local = first.astimezone(zone).replace(tzinfo=None)
+    return [first] + [
+        (local + timedelta(days=interval_days * index)).replace(tzinfo=zone, fold=0).astimezone(UTC)
+        for index in range(1, reminders + 1)
+    ]
 
 
 def complete_survey(engine: Engine, clock: Clock, *, external_ref: str) -> int:
