@@ -20,6 +20,11 @@ def relay_outbox(app: App) -> int:
     return app.relay()
 
 
+def launch_campaigns(app: App) -> int:
+    """Fan out the campaigns whose launch time has come (chunked, resumable, safe with two schedulers)."""
+    return app.launch_campaigns()
+
+
 def add_jobs(scheduler: S, app: App) -> S:
     """Register every periodic job. One instance of each at a time; a late run is coalesced, not stacked."""
     scheduler.add_job(
@@ -28,6 +33,16 @@ def add_jobs(scheduler: S, app: App) -> S:
         seconds=app.settings.outbox.relay_interval_seconds,
         args=[app],
         id="relay_outbox",
+        max_instances=1,
+        coalesce=True,
+        replace_existing=True,
+    )
+    scheduler.add_job(
+        launch_campaigns,
+        "interval",
+        seconds=app.settings.campaigns.scan_interval_seconds,
+        args=[app],
+        id="launch_campaigns",
         max_instances=1,
         coalesce=True,
         replace_existing=True,

@@ -20,6 +20,7 @@ log = structlog.get_logger(__name__)
 @dataclass(frozen=True)
 class Actors:
     deliver: dramatiq.Actor[[int], None]
+    deliver_batch: dramatiq.Actor[[list[int]], None]
     give_up: dramatiq.Actor[[dict[str, Any], dict[str, Any]], None]
 
 
@@ -53,4 +54,40 @@ def declare_actors(broker: dramatiq.Broker, deps: DeliveryDeps, *, queue_name: s
         time_limit=cfg.time_limit_seconds * 1000,
         on_retry_exhausted="give_up",
     )(_deliver)
-    return Actors(deliver=deliver_actor, give_up=give_up_actor)
+
+    def _deliver_batch(notification_ids: list[int]) -> None:
+        """Deliver a chunk (campaign fan-out, relayed rows) in one broker message.
+
+        A notification that must wait gets its own ``deliver`` message with the delay, so one slow target
+        never holds up the rest. A provider rate limit pauses the whole remainder instead: pushing on would
+        only meet the same limit. An unexpected error on one row is that row's retry, not the batch's.
+        """
+        for index, notification_id in enumerate(notification_ids):
+            try:
+                report = deliver(deps, notification_id)
+            except Exception:
+                log.exception("deliver_batch.row_failed", notification_id=notification_id)
+                deliver_actor.send_with_options(args=(notification_id,), delay=int(cfg.min_backoff_seconds * 1000))
+                continue
+            if report.retry_in is None:
+                continue
+            delay = int(report.retry_in * 1000)
+            if report.throttled:
+                rest = [notification_id, *notification_ids[index + 1 :]]
+                batch_actor.send_with_options(args=(rest,), delay=delay)
+                log.info("deliver_batch.throttled", remaining=len(rest), delay_ms=delay)
+                return
+            deliver_actor.send_with_options(args=(notification_id,), delay=delay)
+
+    batch_actor = dramatiq.actor(
+        broker=broker,
+        actor_name="deliver_batch",
+        queue_name=queue_name,
+        # Rows are settled by ``deliver``; a batch that keeps crashing is left to the relay, which re-queues
+        # every row whose broker message is gone.
+        max_retries=3,
+        min_backoff=int(cfg.min_backoff_seconds * 1000),
+        max_backoff=int(cfg.max_backoff_seconds * 1000),
+        time_limit=cfg.time_limit_seconds * 1000 * 10,
+    )(_deliver_batch)
+    return Actors(deliver=deliver_actor, deliver_batch=batch_actor, give_up=give_up_actor)

@@ -20,6 +20,7 @@ from integrations.sendgrid import SendGridEmailProvider
 from integrations.twilio import TwilioSmsProvider
 from worker.actors import Actors, declare_actors
 from worker.broker import build_broker
+from worker.campaigns import launch_due
 from worker.categories import Channel
 from worker.circuit import CircuitBreakers
 from worker.clock import Clock, SystemClock
@@ -151,6 +152,17 @@ class App:
     def enqueue(self, notification_id: int) -> None:
         self.actors.deliver.send(notification_id)
 
+    def enqueue_many(self, notification_ids: Sequence[int]) -> None:
+        """Queue many notifications in ``deliver_batch`` messages of ``delivery.batch_size`` ids each."""
+        size = self.settings.delivery.batch_size
+        ids = list(notification_ids)
+        for start in range(0, len(ids), size):
+            chunk = ids[start : start + size]
+            if len(chunk) == 1:
+                self.actors.deliver.send(chunk[0])
+            else:
+                self.actors.deliver_batch.send(chunk)
+
     def submit(self, **kwargs: Any) -> Submitted:
         """Submit with the default time-to-live: a notice that could not go out in time expires, with a reason."""
         if kwargs.get("expires_at") is None:
@@ -163,10 +175,16 @@ class App:
             self.engine,
             self.clock,
             self.enqueue,
+            enqueue_many=self.enqueue_many,
             grace=timedelta(seconds=cfg.grace_seconds),
             requeue_after=timedelta(seconds=cfg.requeue_after_seconds),
             batch_size=cfg.batch_size,
         )
+
+    def launch_campaigns(self) -> int:
+        """Fan out every campaign whose launch time has come; returns how many notifications were created."""
+        done = launch_due(self.engine, self.clock, self.enqueue_many, self.settings.campaigns)
+        return sum(progress.created for progress in done)
 
     def close(self) -> None:
         self.broker.close()

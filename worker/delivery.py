@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import col
 
 from integrations.base import OutboundMessage, Outcome, Provider, SendResult
-from worker import appointments, surveys
+from worker import appointments, campaigns, surveys
 from worker.caps import recent_counts
 from worker.categories import Category, Channel
 from worker.circuit import CircuitBreakers
@@ -41,6 +41,9 @@ log = structlog.get_logger(__name__)
 
 #: A config error is fixed by a person, not by waiting a few seconds.
 CONFIG_ERROR_MIN_DELAY = 300.0
+RATE_LIMITED = "rate_limited"
+#: Error codes of a wait that called no provider.
+PAUSED = frozenset({"circuit_open", RATE_LIMITED})
 
 
 @dataclass
@@ -68,6 +71,8 @@ class Report:
     state: State | None
     reason: str | None
     retry_in: float | None = None
+    #: Only a provider rate limit held it back: a batch should pause, not push on into the same limit.
+    throttled: bool = False
 
 
 @dataclass(frozen=True)
@@ -123,8 +128,10 @@ def _deliver_claimed(deps: DeliveryDeps, row: Notification) -> Report:
         )
         consent = current_consent(session, row.patient_id)
         counts = recent_counts(session, row.patient_id, deps.clock.now(), exclude=row.id)
-        stale = appointments.stale_reason(session, row.context, deps.clock.now()) or surveys.stale_reason(
-            session, row.context
+        stale = (
+            appointments.stale_reason(session, row.context, deps.clock.now())
+            or surveys.stale_reason(session, row.context)
+            or campaigns.stale_reason(session, row.campaign_id)
         )
         for obj in devices + preferences:
             session.expunge(obj)
@@ -199,6 +206,7 @@ def _send_channel(
         patient.locale,
         unsubscribe_url=unsubscribe,
         sms_reply=str(row.context.get("sms_reply") or "") or None,
+        template=str(row.context.get("template") or "") or None,
     )
     for target in _targets(channel, patient, devices):
         if target.key in accepted_before:
@@ -239,7 +247,7 @@ def _send_with_failover(
             continue
         started = deps.clock.now()
         if deps.rate_limits is not None and not deps.rate_limits.acquire(provider.name):
-            result = SendResult(outcome=Outcome.RETRY, error_code="rate_limited", retry_after=1.0)
+            result = SendResult(outcome=Outcome.RETRY, error_code=RATE_LIMITED, retry_after=1.0)
             _record_attempt(deps, row, channel, provider.name, target, result, started, 0)
             last = (provider.name, result)
             continue
@@ -347,7 +355,9 @@ def _conclude(deps: DeliveryDeps, row: Notification, outcomes: list[_ChannelResu
     problems = [
         _describe(o.channel, name, r) for o in outcomes for name, r in o.results if r.outcome is not Outcome.ACCEPTED
     ]
-    paused_only = bool(waiting) and all(r.error_code == "circuit_open" for r in waiting) and not reached
+    # No provider took a call (every circuit open, or our own rate limit said "not this second"): that wait is
+    # not an attempt. The notification's expiry bounds it instead.
+    paused_only = bool(waiting) and all(r.error_code in PAUSED for r in waiting) and not reached
     if waiting and (paused_only or row.attempt_count < deps.settings.max_attempts):
         delay = _retry_delay(deps, row.attempt_count, waiting)
         return _settle(
@@ -357,9 +367,8 @@ def _conclude(deps: DeliveryDeps, row: Notification, outcomes: list[_ChannelResu
             f"attempt {row.attempt_count} of {deps.settings.max_attempts}: {'; '.join(problems[-3:])}",
             not_before=deps.clock.now() + timedelta(seconds=delay),
             retry_in=delay,
-            # No provider was called while every circuit was open: that wait is not an attempt. The
-            # notification's expiry bounds it instead.
             uncount=paused_only,
+            throttled=paused_only and any(r.error_code == RATE_LIMITED for r in waiting),
         )
     if reached:
         parts = [f"{o.channel} ({_plural(o.accepted + o.already, 'target')})" for o in reached]
@@ -407,6 +416,7 @@ def _settle(
     not_before: datetime | None = None,
     retry_in: float | None = None,
     uncount: bool = False,
+    throttled: bool = False,
 ) -> Report:
     now = deps.clock.now()
     with session_scope(deps.engine) as session:
@@ -422,7 +432,7 @@ def _settle(
             if uncount:
                 row.attempt_count = max(0, row.attempt_count - 1)
     log.info("notification.settled", notification_id=notification_id, state=str(state))
-    return Report(notification_id, state, reason, retry_in)
+    return Report(notification_id, state, reason, retry_in, throttled)
 
 
 def _release_after_error(deps: DeliveryDeps, notification_id: int, exc: Exception) -> None:

@@ -85,6 +85,14 @@ class Notification(SQLModel, table=True):
             postgresql_where=text("state IN ('pending', 'deferred', 'retrying', 'sending')"),
             sqlite_where=text("state IN ('pending', 'deferred', 'retrying', 'sending')"),
         ),
+        # Campaign stats and cancel: only campaign rows are in it.
+        Index(
+            "ix_notification_campaign",
+            "campaign_id",
+            "state",
+            postgresql_where=text("campaign_id IS NOT NULL"),
+            sqlite_where=text("campaign_id IS NOT NULL"),
+        ),
     )
 
     id: int | None = _big_pk()
@@ -106,6 +114,8 @@ class Notification(SQLModel, table=True):
     created_at: datetime = Field(sa_type=UTCDateTime)
     updated_at: datetime = Field(sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    #: The marketing campaign that fanned it out (campaigns are never deleted, so no foreign key is needed).
+    campaign_id: int | None = Field(default=None)
 
 
 class NotificationEvent(SQLModel, table=True):

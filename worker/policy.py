@@ -99,17 +99,9 @@ def decide(
         return Decision(suppress=cap_reason)
     refused |= capped_channels - muted
     allowed = tuple(c for c in wanted if c not in muted and c not in refused)
+    held_back = _held_back(str(notification.category), set(wanted), muted, refused, capped_channels, cap_reason)
     if not allowed:
-        parts = []
-        if muted & set(wanted):
-            parts.append(f"muted by patient: {notification.category} on {', '.join(sorted(muted & set(wanted)))}")
-        if (refused - capped_channels) & set(wanted):
-            parts.append(
-                f"no consent: {notification.category} on {', '.join(sorted((refused - capped_channels) & set(wanted)))}"
-            )
-        if cap_reason and capped_channels & set(wanted):
-            parts.append(cap_reason)
-        return Decision(suppress="; ".join(parts))
+        return Decision(suppress="; ".join(held_back))
     deferral = _quiet_hours(notification, patient, now, quiet_window)
     if deferral is not None:
         return deferral
@@ -119,8 +111,30 @@ def decide(
         notes += (f"{', '.join(sorted(capped_channels & set(wanted)))} held back ({cap_reason})",)
     if not usable:
         missing = ", ".join(f"no {_contact_name(c)}" for c in allowed)
+        if held_back:
+            # The patient's own choice closed the channels she can be reached on: suppressed, not failed.
+            return Decision(suppress="; ".join([*held_back, f"unreachable: {missing}"]))
         return Decision(channels=(), notes=notes + (f"unreachable: {missing}",), fallback=rule.fallback)
     return Decision(channels=usable, fallback=rule.fallback, notes=notes)
+
+
+def _held_back(
+    category: str,
+    wanted: set[Channel],
+    muted: set[Channel],
+    refused: set[Channel],
+    capped: set[Channel],
+    cap_reason: str | None,
+) -> list[str]:
+    """Why some wanted channels may not be used: the patient's mutes, missing consent, a frequency cap."""
+    parts = []
+    if muted & wanted:
+        parts.append(f"muted by patient: {category} on {', '.join(sorted(muted & wanted))}")
+    if (refused - capped) & wanted:
+        parts.append(f"no consent: {category} on {', '.join(sorted((refused - capped) & wanted))}")
+    if cap_reason and capped & wanted:
+        parts.append(cap_reason)
+    return parts
 
 
 def _quiet_hours(

@@ -48,6 +48,8 @@ class DeliverySettings(BaseModel):
     time_limit_seconds: int = Field(120, ge=5)
     #: A notification not sent by then (from its creation) expires instead of arriving late.
     default_ttl_hours: int = Field(72, ge=1)
+    #: Notifications per ``deliver_batch`` broker message (campaign fan-out, relayed rows).
+    batch_size: int = Field(50, ge=1, le=1000)
 
 
 class OutboxSettings(BaseModel):
@@ -128,6 +130,20 @@ class SchedulingSettings(BaseModel):
         return value
 
 
+class CampaignSettings(BaseModel):
+    """Marketing campaign fan-out."""
+
+    model_config = {"extra": "forbid"}
+
+    #: Patients examined per fan-out transaction (one audience query, one bulk insert).
+    chunk_size: int = Field(1000, ge=10, le=20_000)
+    #: How often the scheduler looks for campaigns whose launch time has come.
+    scan_interval_seconds: float = Field(10.0, gt=0)
+    #: A campaign's send window when none is given, and the longest allowed.
+    default_window_hours: int = Field(48, ge=1)
+    max_window_hours: int = Field(14 * 24, ge=1)
+
+
 class Settings(BaseSettings):
     """Everything carenotify can be told. See ``settings.toml`` for the defaults and their meaning."""
 
@@ -166,6 +182,7 @@ class Settings(BaseSettings):
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     provider: ProviderSettings = Field(default_factory=ProviderSettings)
     scheduling: SchedulingSettings = Field(default_factory=SchedulingSettings)
+    campaigns: CampaignSettings = Field(default_factory=CampaignSettings)
 
     # Secrets: environment only (see SECRET_FIELDS).
     fcm_service_account_json: SecretStr | None = None

@@ -45,15 +45,29 @@ _TEXT: dict[tuple[Category, str], tuple[str, str]] = {
         "Aviso de cuenta",
         "Hay una novedad sobre su cuenta o nuestras políticas. Abra la aplicación para leerla.",
     ),
-    (Category.MARKETING, "en"): (
-        "News from Partum Health",
-        "New services and offers are available in the app.",
-    ),
-    (Category.MARKETING, "es"): (
-        "Novedades de Partum Health",
-        "Hay nuevos servicios y ofertas disponibles en la aplicación.",
-    ),
 }
+
+#: Campaign templates (key -> locale -> title, body). Reviewed copy, no patient data, chosen by key: a
+#: campaign can never carry free text. ``news`` is the default.
+MARKETING_TEMPLATES: dict[str, dict[str, tuple[str, str]]] = {
+    "news": {
+        "en": ("News from Partum Health", "New services and offers are available in the app."),
+        "es": ("Novedades de Partum Health", "Hay nuevos servicios y ofertas disponibles en la aplicación."),
+    },
+    "new_service": {
+        "en": ("Something new at Partum Health", "We have added a new service. See what is new in the app."),
+        "es": ("Algo nuevo en Partum Health", "Agregamos un nuevo servicio. Vea las novedades en la aplicación."),
+    },
+    "class_invite": {
+        "en": ("Join a free class", "New group classes are open for sign-up in the app."),
+        "es": ("Únase a una clase gratuita", "Hay nuevas clases en grupo abiertas para inscripción en la aplicación."),
+    },
+    "app_update": {
+        "en": ("New in the app", "The Partum Health app has new features. Update to try them."),
+        "es": ("Novedades en la aplicación", "La aplicación de Partum Health tiene nuevas funciones. Actualícela."),
+    },
+}
+DEFAULT_MARKETING_TEMPLATE = "news"
 
 _SMS_STOP = {"en": "Reply STOP to opt out.", "es": "Responda STOP para cancelar."}
 _EMAIL_UNSUBSCRIBE = {"en": "Unsubscribe: {url}", "es": "Cancelar suscripción: {url}"}
@@ -86,12 +100,19 @@ def render(
     *,
     unsubscribe_url: str | None = None,
     sms_reply: str | None = None,
+    template: str | None = None,
 ) -> Rendered:
-    """Render the text for one message. Unknown locales fall back to English."""
+    """Render the text for one message. Unknown locales fall back to English.
+
+    ``template`` picks a campaign's marketing copy (:data:`MARKETING_TEMPLATES`); other categories have one text.
+    """
     loc = locale if locale in LOCALES else "en"
     if sms_reply is not None:
         return Rendered(title=BRAND, body=f"{BRAND}: {_SMS_REPLIES[(sms_reply, loc)].removeprefix('Partum Health ')}")
-    title, body = _TEXT[(category, loc)]
+    if category is Category.MARKETING:
+        title, body = MARKETING_TEMPLATES[template or DEFAULT_MARKETING_TEMPLATE][loc]
+    else:
+        title, body = _TEXT[(category, loc)]
     if channel is Channel.SMS:
         # SMS must name the sender and stay within one 160-character segment.
         body = f"{BRAND}: {body}"

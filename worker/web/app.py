@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from worker.bootstrap import App
 from worker.web import (
+    routes_campaigns,
     routes_notifications,
     routes_ops,
     routes_patients,
@@ -34,6 +35,7 @@ def create_web_app(app: App) -> FastAPI:
         routes_preferences.router,
         routes_notifications.router,
         routes_scheduling.router,
+        routes_campaigns.router,
         routes_unsubscribe.router,
         routes_webhooks.router,
     ):

@@ -168,3 +168,58 @@ class PreferencesOut(BaseModel):
     """category -> channel -> on/off, defaults filled in."""
 
     preferences: dict[str, dict[str, bool]]
+
+
+CampaignName = Annotated[str, StringConstraints(pattern=r"^[ -~]{1,120}$", strip_whitespace=True)]
+
+
+class AudienceIn(Strict):
+    """Who gets it, by attributes that say nothing about health. Each list given narrows the audience."""
+
+    locales: list[Literal["en", "es"]] | None = Field(default=None, min_length=1, max_length=2)
+    us_states: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2}$")]] | None = Field(
+        default=None, min_length=1, max_length=60
+    )
+    time_zones: list[TimeZoneName] | None = Field(default=None, min_length=1, max_length=100)
+    joined_after: Instant | None = None
+    joined_before: Instant | None = None
+
+
+class CampaignIn(Strict):
+    """A marketing campaign: a reviewed template (never free text), channels, and an audience filter."""
+
+    name: CampaignName = Field(description="An internal label for the marketing team; never patient data")
+    template: Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,64}$")] = Field(
+        description="A marketing template key, e.g. news, new_service, class_invite, app_update"
+    )
+    channels: list[Literal["push", "email", "sms", "inapp"]] = Field(min_length=1, max_length=4)
+    audience: AudienceIn = Field(default_factory=AudienceIn)
+
+
+class LaunchIn(Strict):
+    """When to start (default now) and when the send window closes (default 48 h later)."""
+
+    launch_at: Instant | None = None
+    ends_at: Instant | None = None
+
+
+class CampaignOut(BaseModel):
+    """A campaign and its figures so far."""
+
+    campaign_id: int
+    name: str
+    template: str
+    channels: list[str]
+    audience: dict[str, object]
+    state: str
+    launch_at: datetime | None
+    ends_at: datetime | None
+    fanout_started_at: datetime | None
+    fanout_finished_at: datetime | None
+    #: Patients the filter matched; ``queued`` got a notification, ``excluded`` did not, by reason.
+    audience_size: int
+    queued: int
+    excluded: dict[str, int]
+    by_state: dict[str, int]
+    accepted_by_channel: dict[str, int]
+    top_reasons: dict[str, int]
