@@ -112,11 +112,15 @@ def test_no_phi_reaches_providers_or_logs(make_app, capsys, caplog) -> None:  # 
 
 @pytest.mark.parametrize("locale", LOCALES)
 def test_every_template_exists_and_sms_fits_one_segment(locale: str) -> None:
-    from worker.templates import render
+    from worker.templates import MARKETING_TEMPLATES, render
 
-    for category in Category:
+    variants = [(category, None) for category in Category if category is not Category.MARKETING]
+    variants += [(Category.MARKETING, key) for key in MARKETING_TEMPLATES]
+    for category, template in variants:
         for channel in Channel:
-            text = render(category, channel, locale, unsubscribe_url="https://n.example/u/x")
+            text = render(category, channel, locale, unsubscribe_url="https://n.example/u/x", template=template)
             assert text.title and text.body
             if channel is Channel.SMS:
                 assert len(text.body) <= 160 and text.body.startswith("Partum Health:")
+                if category is Category.MARKETING:
+                    assert text.body.endswith(("Reply STOP to opt out.", "Responda STOP para cancelar."))

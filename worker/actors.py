@@ -11,8 +11,9 @@ from typing import Any
 import dramatiq
 import structlog
 
-from worker.delivery import DeliveryDeps, deliver
+from worker.delivery import DeliveryDeps, deliver, deliver_many
 from worker.notifications import give_up
+from worker.states import State
 
 log = structlog.get_logger(__name__)
 
@@ -62,22 +63,24 @@ def declare_actors(broker: dramatiq.Broker, deps: DeliveryDeps, *, queue_name: s
         never holds up the rest. A provider rate limit pauses the whole remainder instead: pushing on would
         only meet the same limit. An unexpected error on one row is that row's retry, not the batch's.
         """
-        for index, notification_id in enumerate(notification_ids):
-            try:
-                report = deliver(deps, notification_id)
-            except Exception:
-                log.exception("deliver_batch.row_failed", notification_id=notification_id)
-                deliver_actor.send_with_options(args=(notification_id,), delay=int(cfg.min_backoff_seconds * 1000))
-                continue
+        reports = deliver_many(deps, notification_ids)
+        for index, report in enumerate(reports):
+            if report.error is not None:
+                log.error(
+                    "deliver_batch.row_failed",
+                    notification_id=report.notification_id,
+                    error=type(report.error).__name__,
+                )
             if report.retry_in is None:
                 continue
             delay = int(report.retry_in * 1000)
             if report.throttled:
-                rest = [notification_id, *notification_ids[index + 1 :]]
+                # Every row after this one was decided but, rate limited, may be waiting too: re-run them together.
+                rest = [r.notification_id for r in reports[index:] if r.state is State.RETRYING]
                 batch_actor.send_with_options(args=(rest,), delay=delay)
                 log.info("deliver_batch.throttled", remaining=len(rest), delay_ms=delay)
                 return
-            deliver_actor.send_with_options(args=(notification_id,), delay=delay)
+            deliver_actor.send_with_options(args=(report.notification_id,), delay=delay)
 
     batch_actor = dramatiq.actor(
         broker=broker,

@@ -589,8 +589,8 @@ def stale_reason(session: Session, campaign_id: int | None) -> tuple[str, str] |
     """At send time: a cancelled campaign's notification is cancelled, not sent."""
     if campaign_id is None:
         return None
-    state = session.scalar(select(col(Campaign.state)).where(col(Campaign.id) == campaign_id))
-    if state == CampaignState.CANCELLED:
+    campaign = session.get(Campaign, campaign_id)  # the session's identity map serves a batch's other rows
+    if campaign is not None and campaign.state == CampaignState.CANCELLED:
         return "cancelled", "campaign cancelled"
     return None
 

@@ -7,6 +7,7 @@ tell a patient a clinician wrote.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -32,28 +33,46 @@ class Counts:
 
 def recent_counts(session: Session, patient_id: int, now: datetime, *, exclude: int) -> Counts:
     """How much was accepted for this patient recently (excluding the notification being decided)."""
+    return recent_counts_of(session, [patient_id], now, exclude=[exclude])[patient_id]
 
-    def _count(categories: tuple[Category, ...], since: datetime, channel: Channel | None) -> int:
+
+def recent_counts_of(
+    session: Session, patient_ids: Sequence[int], now: datetime, *, exclude: Sequence[int]
+) -> dict[int, Counts]:
+    """:func:`recent_counts` for many patients in three grouped queries (a delivery batch).
+
+    ``exclude`` are the notifications being decided; a batch holds at most one per patient, so excluding
+    them all is excluding each one's own.
+    """
+
+    def _count(categories: tuple[Category, ...], since: datetime, channel: Channel | None) -> dict[int, int]:
         query = (
-            select(func.count(func.distinct(col(DeliveryAttempt.notification_id))))
+            select(col(Notification.patient_id), func.count(func.distinct(col(DeliveryAttempt.notification_id))))
             .join(Notification, col(Notification.id) == col(DeliveryAttempt.notification_id))
             .where(
-                col(Notification.patient_id) == patient_id,
-                col(Notification.id) != exclude,
+                col(Notification.patient_id).in_(list(patient_ids)),
+                col(Notification.id).not_in(list(exclude)),
                 col(Notification.category).in_([c.value for c in categories]),
                 col(DeliveryAttempt.outcome) == Outcome.ACCEPTED.value,
                 col(DeliveryAttempt.started_at) > since,
             )
+            .group_by(col(Notification.patient_id))
         )
         if channel is not None:
             query = query.where(col(DeliveryAttempt.channel) == channel.value)
-        return int(session.scalar(query) or 0)
+        return {int(pid): int(count) for pid, count in session.execute(query)}
 
-    return Counts(
-        marketing_24h=_count((Category.MARKETING,), now - timedelta(hours=24), None),
-        health_texts_24h=_count(CAPPED_HEALTH_TEXTS, now - timedelta(hours=24), Channel.SMS),
-        health_texts_7d=_count(CAPPED_HEALTH_TEXTS, now - timedelta(days=7), Channel.SMS),
-    )
+    marketing = _count((Category.MARKETING,), now - timedelta(hours=24), None)
+    texts_day = _count(CAPPED_HEALTH_TEXTS, now - timedelta(hours=24), Channel.SMS)
+    texts_week = _count(CAPPED_HEALTH_TEXTS, now - timedelta(days=7), Channel.SMS)
+    return {
+        pid: Counts(
+            marketing_24h=marketing.get(pid, 0),
+            health_texts_24h=texts_day.get(pid, 0),
+            health_texts_7d=texts_week.get(pid, 0),
+        )
+        for pid in patient_ids
+    }
 
 
 def capped(category: Category, counts: Counts) -> tuple[bool, set[Channel], str | None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import select
@@ -43,10 +44,22 @@ def record_consent(
 
 def current_consent(session: Session, patient_id: int) -> ConsentState:
     """The latest event wins for each (channel, category) pair."""
-    state: ConsentState = {}
-    rows = session.scalars(
-        select(ConsentEvent).where(col(ConsentEvent.patient_id) == patient_id).order_by(col(ConsentEvent.id))
+    return consent_of(session, [patient_id])[patient_id]
+
+
+def consent_of(session: Session, patient_ids: Sequence[int]) -> dict[int, ConsentState]:
+    """:func:`current_consent` for many patients in one query (a delivery batch)."""
+    states: dict[int, ConsentState] = {pid: {} for pid in patient_ids}
+    rows = session.execute(
+        select(
+            col(ConsentEvent.patient_id),
+            col(ConsentEvent.channel),
+            col(ConsentEvent.category),
+            col(ConsentEvent.granted),
+        )
+        .where(col(ConsentEvent.patient_id).in_(list(patient_ids)))
+        .order_by(col(ConsentEvent.id))
     )
-    for event in rows:
-        state[(event.channel, event.category)] = event.granted
-    return state
+    for patient_id, channel, category, granted in rows:
+        states[patient_id][(channel, category)] = granted
+    return states

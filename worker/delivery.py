@@ -10,27 +10,30 @@ from __future__ import annotations
 
 import random
 import time
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from datetime import time as dt_time
+from functools import partial
+from typing import Any
 
 import structlog
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
-from sqlmodel import col
+from sqlmodel import Session, col
 
 from integrations.base import OutboundMessage, Outcome, Provider, SendResult
 from worker import appointments, campaigns, surveys
-from worker.caps import recent_counts
+from worker.caps import Counts, recent_counts_of
 from worker.categories import Category, Channel
 from worker.circuit import CircuitBreakers
 from worker.clock import Clock
-from worker.consent import current_consent, record_consent
+from worker.consent import ConsentState, consent_of, record_consent
 from worker.db import session_scope
 from worker.models import DeliveryAttempt, Device, Notification, Patient, Preference
 from worker.models_consent import ConsentSource
-from worker.notifications import claim, transition
+from worker.notifications import claim, claim_many, transition
 from worker.policy import decide
 from worker.ratelimit import ProviderRateLimits
 from worker.settings import DeliverySettings
@@ -73,6 +76,8 @@ class Report:
     retry_in: float | None = None
     #: Only a provider rate limit held it back: a batch should pause, not push on into the same limit.
     throttled: bool = False
+    #: An unexpected error (the row was handed back for a retry); :func:`deliver` raises it instead.
+    error: Exception | None = None
 
 
 @dataclass(frozen=True)
@@ -101,44 +106,153 @@ def deliver(deps: DeliveryDeps, notification_id: int) -> Report:
     """Run the send-time path for one notification. Safe to call any number of times for the same id."""
     row = claim(deps.engine, deps.clock, notification_id, lease=timedelta(seconds=deps.settings.claim_lease_seconds))
     if row is None:
-        return Report(notification_id, None, "not claimable: already settled, not yet due, or held by another worker")
+        return Report(notification_id, None, NOT_CLAIMABLE)
     try:
-        return _deliver_claimed(deps, row)
+        return _deliver_claimed(deps, row, _load_facts(deps, [row])[_key(row)], partial(_settle, deps))
     except Exception as exc:
         _release_after_error(deps, notification_id, exc)
         raise
 
 
-def _deliver_claimed(deps: DeliveryDeps, row: Notification) -> Report:
-    assert row.id is not None
-    with session_scope(deps.engine) as session:
-        patient = session.get(Patient, row.patient_id)
-        if patient is None:  # erased between the claim and now
-            return Report(row.id, None, "patient erased")
-        session.expunge(patient)
-        devices = list(session.scalars(select(Device).where(col(Device.patient_id) == row.patient_id)))
-        preferences = list(session.scalars(select(Preference).where(col(Preference.patient_id) == row.patient_id)))
-        accepted_before = set(
-            session.scalars(
-                select(col(DeliveryAttempt.target)).where(
-                    col(DeliveryAttempt.notification_id) == row.id,
-                    col(DeliveryAttempt.outcome) == Outcome.ACCEPTED.value,
-                )
-            )
-        )
-        consent = current_consent(session, row.patient_id)
-        counts = recent_counts(session, row.patient_id, deps.clock.now(), exclude=row.id)
-        stale = (
-            appointments.stale_reason(session, row.context, deps.clock.now())
-            or surveys.stale_reason(session, row.context)
-            or campaigns.stale_reason(session, row.campaign_id)
-        )
-        for obj in devices + preferences:
-            session.expunge(obj)
+def deliver_many(deps: DeliveryDeps, notification_ids: Sequence[int]) -> list[Report]:
+    """:func:`deliver` for a batch: one claim and one read of the facts for all of it, then each row in turn.
 
+    The same rules decide each row. A row whose patient already has a row earlier in the batch is decided on
+    facts read after that one was sent, so a frequency cap counts it. An unexpected error on one row hands that
+    row back for a retry (its report carries the error) and the batch goes on.
+    """
+    rows = claim_many(
+        deps.engine, deps.clock, notification_ids, lease=timedelta(seconds=deps.settings.claim_lease_seconds)
+    )
+    claimed = {_key(row) for row in rows}
+    reports = {nid: Report(nid, None, NOT_CLAIMABLE) for nid in notification_ids if nid not in claimed}
+    try:
+        facts = _load_facts(deps, rows)
+    except Exception as exc:  # e.g. the database went away: hand every row back, let the broker retry the batch
+        for row in rows:
+            _release_after_error(deps, _key(row), exc)
+        raise
+    settle = _BatchSettle(deps)
+    try:
+        _deliver_rows(deps, rows, facts, settle, reports)
+    finally:
+        settle.flush()
+    return [reports[nid] for nid in notification_ids]
+
+
+def _deliver_rows(
+    deps: DeliveryDeps, rows: list[Notification], facts: dict[int, _Facts], settle: Settle, reports: dict[int, Report]
+) -> None:
+    """Decide and send each claimed row of a batch, writing its report into ``reports``."""
+    seen: set[int] = set()
+    throttled: Report | None = None
+    for row in rows:
+        if throttled is not None:
+            # A provider's rate limit is reached: the rest would only meet it too. Hand them back unsent.
+            reports[_key(row)] = settle(
+                _key(row),
+                State.RETRYING,
+                "waiting for the provider's rate limit",
+                not_before=deps.clock.now() + timedelta(seconds=throttled.retry_in or 1.0),
+                retry_in=throttled.retry_in,
+                uncount=True,
+                throttled=True,
+            )
+            continue
+        try:
+            own = facts[_key(row)] if row.patient_id not in seen else _load_facts(deps, [row])[_key(row)]
+            seen.add(row.patient_id)
+            report = reports[_key(row)] = _deliver_claimed(deps, row, own, settle)
+        except Exception as exc:
+            _release_after_error(deps, _key(row), exc)
+            reports[_key(row)] = Report(
+                _key(row),
+                State.RETRYING,
+                f"internal error ({type(exc).__name__})",
+                retry_in=deps.settings.min_backoff_seconds,
+                error=exc,
+            )
+            continue
+        if report.throttled:
+            throttled = report
+
+
+NOT_CLAIMABLE = "not claimable: already settled, not yet due, or held by another worker"
+
+
+def _key(row: Notification) -> int:
+    assert row.id is not None
+    return row.id
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What the send-time decision reads, as of just before the send."""
+
+    patient: Patient | None
+    devices: list[Device]
+    preferences: list[Preference]
+    accepted_before: set[str]
+    consent: ConsentState
+    counts: Counts
+    stale: tuple[str, str] | None
+
+
+def _load_facts(deps: DeliveryDeps, rows: Sequence[Notification]) -> dict[int, _Facts]:
+    """The facts for many notifications in a fixed number of queries, whatever the batch size."""
+    now = deps.clock.now()
+    ids = [_key(row) for row in rows]
+    patient_ids = sorted({row.patient_id for row in rows})
+    devices: dict[int, list[Device]] = defaultdict(list)
+    preferences: dict[int, list[Preference]] = defaultdict(list)
+    accepted: dict[int, set[str]] = defaultdict(set)
+    with session_scope(deps.engine) as session:
+        patients = {p.id: p for p in session.scalars(select(Patient).where(col(Patient.id).in_(patient_ids)))}
+        for device in session.scalars(select(Device).where(col(Device.patient_id).in_(patient_ids))):
+            devices[device.patient_id].append(device)
+        for preference in session.scalars(select(Preference).where(col(Preference.patient_id).in_(patient_ids))):
+            preferences[preference.patient_id].append(preference)
+        for notification_id, target in session.execute(
+            select(col(DeliveryAttempt.notification_id), col(DeliveryAttempt.target)).where(
+                col(DeliveryAttempt.notification_id).in_(ids),
+                col(DeliveryAttempt.outcome) == Outcome.ACCEPTED.value,
+            )
+        ):
+            accepted[notification_id].add(target)
+        consent = consent_of(session, patient_ids)
+        counts = recent_counts_of(session, patient_ids, now, exclude=ids)
+        stale = {
+            _key(row): (
+                appointments.stale_reason(session, row.context, now)
+                or surveys.stale_reason(session, row.context)
+                or campaigns.stale_reason(session, row.campaign_id)
+            )
+            for row in rows
+        }
+        session.expunge_all()
+    return {
+        _key(row): _Facts(
+            patient=patients.get(row.patient_id),
+            devices=devices[row.patient_id],
+            preferences=preferences[row.patient_id],
+            accepted_before=accepted[_key(row)],
+            consent=consent[row.patient_id],
+            counts=counts[row.patient_id],
+            stale=stale[_key(row)],
+        )
+        for row in rows
+    }
+
+
+def _deliver_claimed(deps: DeliveryDeps, row: Notification, facts: _Facts, settle: Settle) -> Report:
+    assert row.id is not None
+    patient, devices, preferences = facts.patient, facts.devices, facts.preferences
+    if patient is None:  # erased between the claim and now
+        return Report(row.id, None, "patient erased")
+    stale, consent, counts, accepted_before = facts.stale, facts.consent, facts.counts, facts.accepted_before
     if stale is not None:
         kind, why = stale
-        return _settle(deps, row.id, State.CANCELLED if kind == "cancelled" else State.EXPIRED, why)
+        return settle(row.id, State.CANCELLED if kind == "cancelled" else State.EXPIRED, why)
     now = deps.clock.now()
     decision = decide(
         notification=row,
@@ -151,11 +265,11 @@ def _deliver_claimed(deps: DeliveryDeps, row: Notification) -> Report:
         counts=counts,
     )
     if decision.expire:
-        return _settle(deps, row.id, State.EXPIRED, decision.expire)
+        return settle(row.id, State.EXPIRED, decision.expire)
     if decision.suppress:
-        return _settle(deps, row.id, State.SUPPRESSED, decision.suppress)
+        return settle(row.id, State.SUPPRESSED, decision.suppress)
     if decision.defer_until is not None:
-        return _settle(deps, row.id, State.DEFERRED, decision.defer_reason, not_before=decision.defer_until)
+        return settle(row.id, State.DEFERRED, decision.defer_reason, not_before=decision.defer_until)
 
     outcomes: list[_ChannelResult] = []
     for channel in decision.channels:
@@ -163,7 +277,7 @@ def _deliver_claimed(deps: DeliveryDeps, row: Notification) -> Report:
         outcomes.append(result)
         if decision.fallback and (result.reached() or result.waiting()):
             break
-    return _conclude(deps, row, outcomes, decision.notes)
+    return _conclude(deps, row, outcomes, decision.notes, settle)
 
 
 def _targets(channel: Channel, patient: Patient, devices: Sequence[Device]) -> list[_Target]:
@@ -347,7 +461,9 @@ def _record_attempt(
     )
 
 
-def _conclude(deps: DeliveryDeps, row: Notification, outcomes: list[_ChannelResult], notes: tuple[str, ...]) -> Report:
+def _conclude(
+    deps: DeliveryDeps, row: Notification, outcomes: list[_ChannelResult], notes: tuple[str, ...], settle: Settle
+) -> Report:
     """Settle the row: retry while any target is still waiting, else sent if anything got through."""
     assert row.id is not None
     reached = [o for o in outcomes if o.reached()]
@@ -360,8 +476,7 @@ def _conclude(deps: DeliveryDeps, row: Notification, outcomes: list[_ChannelResu
     paused_only = bool(waiting) and all(r.error_code in PAUSED for r in waiting) and not reached
     if waiting and (paused_only or row.attempt_count < deps.settings.max_attempts):
         delay = _retry_delay(deps, row.attempt_count, waiting)
-        return _settle(
-            deps,
+        return settle(
             row.id,
             State.RETRYING,
             f"attempt {row.attempt_count} of {deps.settings.max_attempts}: {'; '.join(problems[-3:])}",
@@ -377,13 +492,13 @@ def _conclude(deps: DeliveryDeps, row: Notification, outcomes: list[_ChannelResu
             reason += "; not reached: " + "; ".join(problems[-3:])
         if notes:
             reason += "; " + "; ".join(notes)
-        return _settle(deps, row.id, State.SENT, reason)
+        return settle(row.id, State.SENT, reason)
     if waiting:
         last = "; ".join(problems[-3:])
-        return _settle(deps, row.id, State.FAILED, f"gave up after {row.attempt_count} attempts; last: {last}")
+        return settle(row.id, State.FAILED, f"gave up after {row.attempt_count} attempts; last: {last}")
     if problems:
-        return _settle(deps, row.id, State.FAILED, "; ".join(problems))
-    return _settle(deps, row.id, State.FAILED, "no reachable contact point: " + ("; ".join(notes) or "no channel"))
+        return settle(row.id, State.FAILED, "; ".join(problems))
+    return settle(row.id, State.FAILED, "no reachable contact point: " + ("; ".join(notes) or "no channel"))
 
 
 def _describe(channel: Channel, provider: str, result: SendResult) -> str:
@@ -407,6 +522,24 @@ def _retry_delay(deps: DeliveryDeps, attempt: int, waiting: list[SendResult]) ->
     return float(max(delay, asked))
 
 
+@dataclass(frozen=True)
+class _Settlement:
+    notification_id: int
+    state: State
+    reason: str | None
+    not_before: datetime | None = None
+    retry_in: float | None = None
+    uncount: bool = False
+    throttled: bool = False
+
+    def report(self) -> Report:
+        return Report(self.notification_id, self.state, self.reason, self.retry_in, self.throttled)
+
+
+#: Writes a row's outcome: at once (one notification) or at the end of a batch (:class:`_BatchSettle`).
+Settle = Callable[..., Report]
+
+
 def _settle(
     deps: DeliveryDeps,
     notification_id: int,
@@ -418,21 +551,57 @@ def _settle(
     uncount: bool = False,
     throttled: bool = False,
 ) -> Report:
-    now = deps.clock.now()
+    settlement = _Settlement(notification_id, state, reason, not_before, retry_in, uncount, throttled)
     with session_scope(deps.engine) as session:
         row = session.get(Notification, notification_id)
         if row is None:
             return Report(notification_id, None, "patient erased while sending")
-        transition(session, row, state, reason=reason, now=now)
-        if state in (State.RETRYING, State.DEFERRED):
-            row.not_before = not_before
-            row.lease_until = None
-            # A retry's broker message becomes visible at not_before; a deferral has none (the relay queues it).
-            row.enqueued_at = not_before if state is State.RETRYING else None
-            if uncount:
-                row.attempt_count = max(0, row.attempt_count - 1)
-    log.info("notification.settled", notification_id=notification_id, state=str(state))
-    return Report(notification_id, state, reason, retry_in, throttled)
+        _apply(session, row, settlement, deps.clock.now())
+    return settlement.report()
+
+
+class _BatchSettle:
+    """Collects a batch's outcomes and writes them in one transaction (one commit, not one per row).
+
+    Safe because every provider call is recorded as it happens: if the process dies before :meth:`flush`, the
+    rows stay SENDING, their lease runs out, and the next claim finds the accepted attempts and sends nothing
+    twice.
+    """
+
+    def __init__(self, deps: DeliveryDeps) -> None:
+        self._deps = deps
+        self._pending: list[_Settlement] = []
+
+    def __call__(self, notification_id: int, state: State, reason: str | None, **options: Any) -> Report:
+        settlement = _Settlement(notification_id, state, reason, **options)
+        self._pending.append(settlement)
+        return settlement.report()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        now = self._deps.clock.now()
+        with session_scope(self._deps.engine) as session:
+            ids = [s.notification_id for s in self._pending]
+            rows = {r.id: r for r in session.scalars(select(Notification).where(col(Notification.id).in_(ids)))}
+            for settlement in self._pending:
+                row = rows.get(settlement.notification_id)
+                if row is not None:  # else: the patient was erased while sending
+                    _apply(session, row, settlement, now)
+        self._pending.clear()
+
+
+def _apply(session: Session, row: Notification, settlement: _Settlement, now: datetime) -> None:
+    state = settlement.state
+    transition(session, row, state, reason=settlement.reason, now=now)
+    if state in (State.RETRYING, State.DEFERRED):
+        row.not_before = settlement.not_before
+        row.lease_until = None
+        # A retry's broker message becomes visible at not_before; a deferral has none (the relay queues it).
+        row.enqueued_at = settlement.not_before if state is State.RETRYING else None
+        if settlement.uncount:
+            row.attempt_count = max(0, row.attempt_count - 1)
+    log.info("notification.settled", notification_id=row.id, state=str(state))
 
 
 def _release_after_error(deps: DeliveryDeps, notification_id: int, exc: Exception) -> None:

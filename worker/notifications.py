@@ -200,9 +200,8 @@ def claim(engine: Engine, clock: Clock, notification_id: int, *, lease: timedelt
         if row is None:
             return None
         observed = State(row.state)
-        due = row.not_before is None or row.not_before <= now
-        stale_lease = observed is State.SENDING and row.lease_until is not None and row.lease_until < now
-        if not ((observed in CLAIMABLE and due) or stale_lease):
+        claimable, stale_lease = _claimable(row, now)
+        if not claimable:
             return None
         result = session.execute(
             update(Notification)
@@ -234,6 +233,52 @@ def claim(engine: Engine, clock: Clock, notification_id: int, *, lease: timedelt
         session.refresh(row)
         session.expunge(row)
         return row
+
+
+def _claimable(row: Notification, now: datetime) -> tuple[bool, bool]:
+    """(may be claimed now, because its lease ran out): due and claimable, or SENDING by a worker that died."""
+    observed = State(row.state)
+    due = row.not_before is None or row.not_before <= now
+    stale_lease = observed is State.SENDING and row.lease_until is not None and row.lease_until < now
+    return (observed in CLAIMABLE and due) or stale_lease, stale_lease
+
+
+def claim_many(
+    engine: Engine, clock: Clock, notification_ids: Sequence[int], *, lease: timedelta
+) -> list[Notification]:
+    """Claim every claimable row of a batch in one transaction; the others are left alone.
+
+    The rows are locked (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite's write lock is taken at BEGIN), so a
+    concurrent :func:`claim` of the same row fails its compare-and-set and a concurrent batch skips it.
+    """
+    now = clock.now()
+    with session_scope(engine) as session:
+        query = select(Notification).where(col(Notification.id).in_(list(notification_ids)))
+        if engine.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        claimed: list[Notification] = []
+        for row in session.scalars(query.order_by(col(Notification.id))):
+            claimable, stale_lease = _claimable(row, now)
+            if not claimable:
+                continue
+            session.add(
+                NotificationEvent(
+                    notification_id=_id(row),
+                    from_state=row.state,
+                    to_state=State.SENDING,
+                    reason="lease expired; claimed again" if stale_lease else "claimed",
+                    at=now,
+                )
+            )
+            row.state = State.SENDING
+            row.lease_until = now + lease
+            row.attempt_count += 1
+            row.updated_at = now
+            claimed.append(row)
+        session.flush()
+        for row in claimed:
+            session.expunge(row)
+    return claimed
 
 
 OPEN_STATES = (State.PENDING, State.DEFERRED, State.RETRYING)
