@@ -17,3 +17,10 @@ client = httpx.Client(timeout=10)
 @dramatiq.actor(queue_name="bare", max_retries=3)
 def post(key: str) -> None:
     client.post(os.environ["BENCH_SINK_URL"], json={"idempotency_key": key}).raise_for_status()
+
+
+@dramatiq.actor(queue_name="bare", max_retries=3)
+def post_batch(keys: list[str]) -> None:
+    """The fan-out baseline: a chunk of recipients per message, one POST each (as ``deliver_batch`` does)."""
+    for key in keys:
+        client.post(os.environ["BENCH_SINK_URL"], json={"idempotency_key": key}).raise_for_status()

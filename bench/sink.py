@@ -24,6 +24,10 @@ class Sink:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body in one segment, sent at once: otherwise Nagle's algorithm and the client's delayed
+            # ACK stall every keep-alive answer by ~40 ms and the sink, not the system under test, sets the pace.
+            disable_nagle_algorithm = True
+            wbufsize = 64 * 1024
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
