@@ -5,7 +5,7 @@ index range scans with FOR UPDATE SKIP LOCKED, enqueueing the 100 due rows) is t
 un-stamping the due rows between runs. The 10k figure is the baseline; the claim is that the tick costs what
 is due, not what exists, so the ratio should stay near 1.
 
-    .venv/bin/python bench/scan.py [--sizes 10000 1000000] [--runs 15]
+    .venv/bin/python -m bench.scan [--sizes 10000 1000000] [--runs 15]
 """
 
 from __future__ import annotations

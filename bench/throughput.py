@@ -8,6 +8,7 @@ dramatiq actor (2 processes, same threads) that only POSTs to the same sink. Sam
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import statistics
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import psycopg
 import redis
+import structlog
 from sqlalchemy.engine import make_url
 
 from bench.sink import Sink
@@ -138,6 +140,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=4)
     args = parser.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     base = make_url(PG)
     name = f"carenotify_bench_{uuid.uuid4().hex[:8]}"
     admin = base.set(drivername="postgresql").render_as_string(hide_password=False)

@@ -421,8 +421,8 @@ def _fan_out_chunk(
     now = clock.now()
     with session_scope(engine) as session:
         if engine.dialect.name == "postgresql":
-            # Plan the audience query for this chunk's values. A prepared statement's generic plan, cached
-            # while the tables were still small, would seq-scan delivery_attempt once per patient as they grow.
+            # Plan each chunk's queries for its own values: a generic plan cached while the tables were small
+            # can keep choosing scans that stop fitting as the campaign's own rows pile up.
             session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
         campaign = _locked(session, campaign_id, skip_locked=True)
         state = CampaignState(campaign.state)
