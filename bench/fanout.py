@@ -11,29 +11,21 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-import psycopg
-import redis
 import structlog
 from sqlalchemy import func, select, text
-from sqlalchemy.engine import make_url
 from sqlmodel import col
 
+from bench.harness import REDIS, bare_workers, carenotify_workers, forget_namespace, scratch_database, wait_for
 from bench.sink import Sink
-from bench.throughput import PG, REDIS, ROOT
 from worker.bootstrap import build_app
 from worker.campaigns import create_campaign, launch_campaign
 from worker.clock import SystemClock
 from worker.db import make_engine, session_scope
-from worker.migrate import upgrade
 from worker.models import Notification
 from worker.quiet_hours import MARKETING_WINDOW, next_allowed_instant
 from worker.settings import load_settings
@@ -62,12 +54,6 @@ def daytime_zone() -> str:
     raise SystemExit("no zone in daytime right now; add one to ZONES")
 
 
-def _wait(sink: Sink, n: int, timeout: float = 1800) -> None:
-    deadline = time.monotonic() + timeout
-    while len(sink.arrivals) < n and time.monotonic() < deadline:
-        time.sleep(0.2)
-
-
 def _report(name: str, sink: Sink, n: int, started: float) -> float:
     elapsed = max(sink.arrivals.values()) - started
     duplicates = sum(sink.received.values()) - len(sink.received)
@@ -90,30 +76,12 @@ def full_path(n: int, threads: int, pg_url: str, namespace: str) -> float:
             {"n": n, "zone": daytime_zone()},
         )
     engine.dispose()
-    with Sink() as sink:
-        env = {
-            **os.environ,
-            "CARENOTIFY_DATABASE_URL": pg_url,
-            "CARENOTIFY_BROKER": "redis",
-            "CARENOTIFY_REDIS_URL": REDIS,
-            "CARENOTIFY_REDIS_NAMESPACE": namespace,
-            "CARENOTIFY_PROVIDERS": '{"inapp": ["inapp"]}',
-            "CARENOTIFY_PROVIDER__INAPP_URL": sink.url,
-            "CARENOTIFY_PROVIDER__RATE_LIMITS_PER_SECOND": '{"inapp": 0}',
-            "CARENOTIFY_DELIVERY__BATCH_SIZE": str(CHUNK),
-            "CARENOTIFY_INAPP_API_TOKEN": "bench",
-            "CARENOTIFY_LOG_LEVEL": "WARNING",
-        }
-        workers = [
-            subprocess.Popen(
-                [sys.executable, "-m", "worker.cli", "worker", "--threads", str(threads)],
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            for _ in range(2)
-        ]
+    with (
+        Sink() as sink,
+        carenotify_workers(
+            pg_url, namespace, sink, threads=threads, extra_env={"CARENOTIFY_DELIVERY__BATCH_SIZE": str(CHUNK)}
+        ),
+    ):
         settings = load_settings(
             database_url=pg_url,
             broker="redis",
@@ -128,7 +96,6 @@ def full_path(n: int, threads: int, pg_url: str, namespace: str) -> float:
             cid = create_campaign(
                 app.engine, app.clock, name="bench", template="news", channels=["inapp"], created_by="bench"
             )
-            time.sleep(3)  # let the workers boot
             started = time.time()
             launch_campaign(app.engine, app.clock, settings.campaigns, cid)
             created = app.launch_campaigns()  # the scheduler's job: fan-out, chunk by chunk, queued as it goes
@@ -137,7 +104,7 @@ def full_path(n: int, threads: int, pg_url: str, namespace: str) -> float:
                 f"{'fan-out':>10}: {created} notifications created and queued in {fanned:.1f} s "
                 f"= {created / fanned:,.0f} recipients/s (set-based SQL, {settings.campaigns.chunk_size} per chunk)"
             )
-            _wait(sink, n)
+            wait_for(sink, n)
             rate = _report("carenotify", sink, n, started)
             with session_scope(app.engine) as session:
                 states = dict(
@@ -148,37 +115,17 @@ def full_path(n: int, threads: int, pg_url: str, namespace: str) -> float:
             print(f"{'':>10}  notification states: {states}")
             return rate
         finally:
-            for w in workers:
-                w.send_signal(signal.SIGTERM)
-            for w in workers:
-                w.wait(timeout=60)
             app.close()
 
 
 def bare(n: int, threads: int, namespace: str) -> float:
-    with Sink() as sink:
-        env = {**os.environ, "BENCH_REDIS_URL": REDIS, "BENCH_NAMESPACE": namespace, "BENCH_SINK_URL": sink.url}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dramatiq", "bench.bare_actor", "--processes", "2", "--threads", str(threads)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        os.environ.update(env)
-        from bench import bare_actor
-
-        try:
-            time.sleep(3)
-            started = time.time()
-            keys = [f"bare-{i}" for i in range(n)]
-            for start in range(0, n, CHUNK):
-                bare_actor.post_batch.send(keys[start : start + CHUNK])
-            _wait(sink, n)
-            return _report("baseline", sink, n, started)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
+    with Sink() as sink, bare_workers(namespace, sink, threads=threads) as bare_actor:
+        started = time.time()
+        keys = [f"bare-{i}" for i in range(n)]
+        for start in range(0, n, CHUNK):
+            bare_actor.post_batch.send(keys[start : start + CHUNK])
+        wait_for(sink, n)
+        return _report("baseline", sink, n, started)
 
 
 def main() -> None:
@@ -187,26 +134,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=4)
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    base = make_url(PG)
-    name = f"carenotify_bench_{uuid.uuid4().hex[:8]}"
-    admin = base.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    pg_url = base.set(database=name).render_as_string(hide_password=False)
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
     try:
-        engine = make_engine(pg_url)
-        upgrade(engine)
-        engine.dispose()
-        baseline = bare(args.recipients, args.threads, namespace + "-bare")
-        ours = full_path(args.recipients, args.threads, pg_url, namespace)
-        print(f"ratio carenotify / bare actor recipients/s = {ours / baseline:.2f}")
+        with scratch_database() as pg_url:
+            baseline = bare(args.recipients, args.threads, namespace + "-bare")
+            ours = full_path(args.recipients, args.threads, pg_url, namespace)
+            print(f"ratio carenotify / bare actor recipients/s = {ours / baseline:.2f}")
     finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        client = redis.Redis.from_url(REDIS)
-        for key in client.scan_iter(f"{namespace}*"):
-            client.delete(key)
+        forget_namespace(namespace)
 
 
 if __name__ == "__main__":

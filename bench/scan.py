@@ -13,25 +13,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import statistics
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 
-import psycopg
 import structlog
 from sqlalchemy import select, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 from sqlmodel import col
 
+from bench.harness import scratch_database
 from worker.clock import FrozenClock
 from worker.db import make_engine
-from worker.migrate import upgrade
 from worker.models import Notification
 from worker.notifications import _due_conditions, relay
 
-BASE = os.environ.get("CARENOTIFY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 NOW = datetime(2026, 3, 2, 18, 0, tzinfo=UTC)
 DUE = 100
 
@@ -58,64 +54,61 @@ def pages(engine: Engine) -> int:
 
 
 def measure(size: int, runs: int) -> tuple[list[float], int]:
-    base = make_url(BASE)
-    name = f"carenotify_bench_{uuid.uuid4().hex[:8]}"
-    admin = base.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    engine = make_engine(base.set(database=name).render_as_string(hide_password=False))
-    try:
-        upgrade(engine)
+    with scratch_database() as url:
+        engine = make_engine(url)
+        try:
+            return _measure(engine, size, runs)
+        finally:
+            engine.dispose()
+
+
+def _measure(engine: Engine, size: int, runs: int) -> tuple[list[float], int]:
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO patient (external_ref, time_zone, locale, created_at, updated_at) "
+                "VALUES ('bench', 'UTC', 'en', now(), now())"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO notification (patient_id, category, context, idempotency_key, state, not_before, "
+                "expires_at, attempt_count, created_at, updated_at) "
+                "SELECT 1, 'appointment_reminder', '{}', 'f' || g, 'pending', "
+                ":now + ((g % 43200) || ' minutes')::interval + interval '1 minute', NULL, 0, :now, :now "
+                "FROM generate_series(1, :n) g"
+            ),
+            {"now": NOW, "n": size},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO notification (patient_id, category, context, idempotency_key, state, not_before, "
+                "attempt_count, created_at, updated_at) "
+                "SELECT 1, 'appointment_reminder', '{}', 'd' || g, 'pending', :now - interval '1 minute', "
+                "0, :now, :now "
+                "FROM generate_series(1, :n) g"
+            ),
+            {"now": NOW, "n": DUE},
+        )
+        conn.execute(text("ANALYZE notification"))
+    clock = FrozenClock(NOW)
+    timings = []
+    for _ in range(runs):
         with engine.begin() as conn:
-            conn.execute(
-                text(
-                    "INSERT INTO patient (external_ref, time_zone, locale, created_at, updated_at) "
-                    "VALUES ('bench', 'UTC', 'en', now(), now())"
-                )
-            )
-            conn.execute(
-                text(
-                    "INSERT INTO notification (patient_id, category, context, idempotency_key, state, not_before, "
-                    "expires_at, attempt_count, created_at, updated_at) "
-                    "SELECT 1, 'appointment_reminder', '{}', 'f' || g, 'pending', "
-                    ":now + ((g % 43200) || ' minutes')::interval + interval '1 minute', NULL, 0, :now, :now "
-                    "FROM generate_series(1, :n) g"
-                ),
-                {"now": NOW, "n": size},
-            )
-            conn.execute(
-                text(
-                    "INSERT INTO notification (patient_id, category, context, idempotency_key, state, not_before, "
-                    "attempt_count, created_at, updated_at) "
-                    "SELECT 1, 'appointment_reminder', '{}', 'd' || g, 'pending', :now - interval '1 minute', "
-                    "0, :now, :now "
-                    "FROM generate_series(1, :n) g"
-                ),
-                {"now": NOW, "n": DUE},
-            )
-            conn.execute(text("ANALYZE notification"))
-        clock = FrozenClock(NOW)
-        timings = []
-        for _ in range(runs):
-            with engine.begin() as conn:
-                conn.execute(text("UPDATE notification SET enqueued_at = NULL WHERE idempotency_key LIKE 'd%'"))
-            queued: list[int] = []
-            t0 = time.perf_counter()
-            relay(
-                engine,
-                clock,
-                queued.append,
-                grace=timedelta(seconds=10),
-                requeue_after=timedelta(minutes=15),
-                batch_size=500,
-            )
-            timings.append(time.perf_counter() - t0)
-            assert len(queued) == DUE, len(queued)
-        return timings, pages(engine)
-    finally:
-        engine.dispose()
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(text("UPDATE notification SET enqueued_at = NULL WHERE idempotency_key LIKE 'd%'"))
+        queued: list[int] = []
+        t0 = time.perf_counter()
+        relay(
+            engine,
+            clock,
+            queued.append,
+            grace=timedelta(seconds=10),
+            requeue_after=timedelta(minutes=15),
+            batch_size=500,
+        )
+        timings.append(time.perf_counter() - t0)
+        assert len(queued) == DUE, len(queued)
+    return timings, pages(engine)
 
 
 def main() -> None:

@@ -2,38 +2,26 @@
 broker, 2 `carenotify worker` processes, send-time policy, the in-app HTTP adapter) to a local sink, against a bare
 dramatiq actor (2 processes, same threads) that only POSTs to the same sink. Same machine, same run.
 
-    .venv/bin/python bench/throughput.py [--n 2000] [--threads 4]
+    .venv/bin/python -m bench.throughput [--n 2000] [--threads 4]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
-import signal
 import statistics
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
-import psycopg
-import redis
 import structlog
-from sqlalchemy.engine import make_url
 
+from bench.harness import REDIS, bare_workers, carenotify_workers, forget_namespace, scratch_database, wait_for
 from bench.sink import Sink
 from worker.bootstrap import build_app
 from worker.categories import Category, Channel
 from worker.clock import SystemClock
-from worker.migrate import upgrade
 from worker.patients import upsert_patient
 from worker.settings import load_settings
-
-ROOT = Path(__file__).resolve().parents[1]
-PG = os.environ.get("CARENOTIFY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-REDIS = os.environ.get("CARENOTIFY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
 def _report(name: str, sink: Sink, triggers: dict[str, float], started: float) -> float:
@@ -48,36 +36,8 @@ def _report(name: str, sink: Sink, triggers: dict[str, float], started: float) -
     return rate
 
 
-def _wait(sink: Sink, n: int, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while len(sink.arrivals) < n and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
 def full_path(n: int, threads: int, pg_url: str, namespace: str) -> float:
-    with Sink() as sink:
-        env = {
-            **os.environ,
-            "CARENOTIFY_DATABASE_URL": pg_url,
-            "CARENOTIFY_BROKER": "redis",
-            "CARENOTIFY_REDIS_URL": REDIS,
-            "CARENOTIFY_REDIS_NAMESPACE": namespace,
-            "CARENOTIFY_PROVIDERS": '{"inapp": ["inapp"]}',
-            "CARENOTIFY_PROVIDER__INAPP_URL": sink.url,
-            "CARENOTIFY_PROVIDER__RATE_LIMITS_PER_SECOND": '{"inapp": 0}',
-            "CARENOTIFY_INAPP_API_TOKEN": "bench",
-            "CARENOTIFY_LOG_LEVEL": "WARNING",
-        }
-        workers = [
-            subprocess.Popen(
-                [sys.executable, "-m", "worker.cli", "worker", "--threads", str(threads)],
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            for _ in range(2)
-        ]
+    with Sink() as sink, carenotify_workers(pg_url, namespace, sink, threads=threads):
         settings = load_settings(
             database_url=pg_url,
             broker="redis",
@@ -89,7 +49,6 @@ def full_path(n: int, threads: int, pg_url: str, namespace: str) -> float:
         app = build_app(settings, clock=SystemClock())
         try:
             pid = upsert_patient(app.engine, app.clock, external_ref="bench", time_zone="UTC")
-            time.sleep(3)  # let the workers boot
             triggers: dict[str, float] = {}
             started = time.time()
             for i in range(n):
@@ -98,41 +57,21 @@ def full_path(n: int, threads: int, pg_url: str, namespace: str) -> float:
                 app.submit(
                     patient_id=pid, category=Category.CARE_TEAM_MESSAGE, channels=[Channel.INAPP], idempotency_key=key
                 )
-            _wait(sink, n)
+            wait_for(sink, n, timeout=600)
             return _report("carenotify", sink, triggers, started)
         finally:
-            for w in workers:
-                w.send_signal(signal.SIGTERM)
-            for w in workers:
-                w.wait(timeout=30)
             app.close()
 
 
 def bare(n: int, threads: int, namespace: str) -> float:
-    with Sink() as sink:
-        env = {**os.environ, "BENCH_REDIS_URL": REDIS, "BENCH_NAMESPACE": namespace, "BENCH_SINK_URL": sink.url}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dramatiq", "bench.bare_actor", "--processes", "2", "--threads", str(threads)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        os.environ.update(env)
-        from bench import bare_actor
-
-        try:
-            time.sleep(3)
-            triggers: dict[str, float] = {}
-            started = time.time()
-            for i in range(n):
-                triggers[f"bare-{i}"] = time.time()
-                bare_actor.post.send(f"bare-{i}")
-            _wait(sink, n)
-            return _report("baseline", sink, triggers, started)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
+    with Sink() as sink, bare_workers(namespace, sink, threads=threads) as bare_actor:
+        triggers: dict[str, float] = {}
+        started = time.time()
+        for i in range(n):
+            triggers[f"bare-{i}"] = time.time()
+            bare_actor.post.send(f"bare-{i}")
+        wait_for(sink, n, timeout=600)
+        return _report("baseline", sink, triggers, started)
 
 
 def main() -> None:
@@ -141,28 +80,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=4)
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    base = make_url(PG)
-    name = f"carenotify_bench_{uuid.uuid4().hex[:8]}"
-    admin = base.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    pg_url = base.set(database=name).render_as_string(hide_password=False)
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
     try:
-        from worker.db import make_engine
-
-        engine = make_engine(pg_url)
-        upgrade(engine)
-        engine.dispose()
-        baseline = bare(args.n, args.threads, namespace + "-bare")
-        ours = full_path(args.n, args.threads, pg_url, namespace)
-        print(f"ratio carenotify / bare actor throughput = {ours / baseline:.2f}")
+        with scratch_database() as pg_url:
+            baseline = bare(args.n, args.threads, namespace + "-bare")
+            ours = full_path(args.n, args.threads, pg_url, namespace)
+            print(f"ratio carenotify / bare actor throughput = {ours / baseline:.2f}")
     finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        client = redis.Redis.from_url(REDIS)
-        for key in client.scan_iter(f"{namespace}*"):
-            client.delete(key)
+        forget_namespace(namespace)
 
 
 if __name__ == "__main__":

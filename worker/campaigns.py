@@ -45,7 +45,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from integrations.base import Outcome
-from worker.caps import MARKETING_PER_DAY
+from worker.caps import capped, recent_counts_of
 from worker.categories import Category, Channel
 from worker.clock import Clock
 from worker.db import UTCDateTime, session_scope
@@ -53,7 +53,7 @@ from worker.errors import InvalidInput, NotFound
 from worker.models import DeliveryAttempt, Device, Notification, NotificationEvent, Patient
 from worker.models_campaigns import Campaign, CampaignState
 from worker.models_consent import ConsentEvent
-from worker.notifications import OPEN_STATES
+from worker.notifications import OPEN_STATES, mark_enqueued
 from worker.quiet_hours import MARKETING_WINDOW, next_allowed_instant
 from worker.settings import CampaignSettings
 from worker.states import State
@@ -317,28 +317,6 @@ def _reachable(channel: Channel) -> ColumnElement[bool]:
     return true()
 
 
-def _capped(session: Session, after: int, upto: int, now: datetime) -> set[int]:
-    """Patients in ``(after, upto]`` with the cap's marketing messages accepted in the last 24 h (as caps.py counts).
-
-    One grouped query for the whole chunk, starting from the chunk's notifications: its cost follows the chunk, not
-    the size of ``delivery_attempt`` (a correlated count per patient let the planner scan attempts per patient).
-    """
-    query = (
-        select(col(Notification.patient_id))
-        .join(DeliveryAttempt, col(DeliveryAttempt.notification_id) == col(Notification.id))
-        .where(
-            col(Notification.patient_id) > after,
-            col(Notification.patient_id) <= upto,
-            col(Notification.category) == Category.MARKETING.value,
-            col(DeliveryAttempt.outcome) == Outcome.ACCEPTED.value,
-            col(DeliveryAttempt.started_at) > now - timedelta(hours=24),
-        )
-        .group_by(col(Notification.patient_id))
-        .having(func.count(func.distinct(col(Notification.id))) >= MARKETING_PER_DAY)
-    )
-    return set(session.scalars(query))
-
-
 def _exclusion(channels: Sequence[Channel]) -> ColumnElement[Any]:
     """Per patient: NULL if at least one channel may carry the campaign, else the first rule that failed."""
     reachable = [_reachable(c) for c in channels]
@@ -460,7 +438,6 @@ def _fan_out_chunk(
             return None
 
         channels = [Channel(c) for c in campaign.channels]
-        capped = _capped(session, campaign.fanout_cursor, upper, now)
         members = session.execute(
             select(col(Patient.id), col(Patient.time_zone), _exclusion(channels)).where(
                 col(Patient.id) > campaign.fanout_cursor,
@@ -469,11 +446,14 @@ def _fan_out_chunk(
             )
         ).all()
 
+        # The send-time count (worker/caps.py), by index lookups over these members' own history.
+        counts = recent_counts_of(session, [patient_id for patient_id, _, _ in members], now, exclude=[])
+        capped_ids = {pid for pid, count in counts.items() if capped(Category.MARKETING, count)[0]}
         excluded: Counter[str] = Counter()
         by_start: dict[datetime | None, list[int]] = {}
         opens_in_zone: dict[str, datetime] = {}
         for patient_id, zone, rule in members:
-            reason = "frequency_cap" if patient_id in capped else rule
+            reason = "frequency_cap" if patient_id in capped_ids else rule
             if reason is not None:
                 excluded[reason] += 1
                 continue
@@ -570,13 +550,7 @@ def _enqueue(engine: Engine, clock: Clock, enqueue_many: EnqueueMany, ids: list[
     if not ids:
         return
     enqueue_many(ids)
-    with session_scope(engine) as session:
-        session.execute(
-            update(Notification)
-            .where(col(Notification.id).in_(ids), col(Notification.enqueued_at).is_(None))
-            .values(enqueued_at=clock.now())
-            .execution_options(synchronize_session=False)
-        )
+    mark_enqueued(engine, ids, clock.now())
 
 
 def launch_due(engine: Engine, clock: Clock, enqueue_many: EnqueueMany, settings: CampaignSettings) -> list[FanOut]:

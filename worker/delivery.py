@@ -33,7 +33,7 @@ from worker.consent import ConsentState, consent_of, record_consent
 from worker.db import session_scope
 from worker.models import DeliveryAttempt, Device, Notification, Patient, Preference
 from worker.models_consent import ConsentSource
-from worker.notifications import claim, claim_many, transition
+from worker.notifications import claim, claim_many, id_of, transition
 from worker.policy import decide
 from worker.ratelimit import ProviderRateLimits
 from worker.settings import DeliverySettings
@@ -108,7 +108,7 @@ def deliver(deps: DeliveryDeps, notification_id: int) -> Report:
     if row is None:
         return Report(notification_id, None, NOT_CLAIMABLE)
     try:
-        return _deliver_claimed(deps, row, _load_facts(deps, [row])[_key(row)], partial(_settle, deps))
+        return _deliver_claimed(deps, row, _load_facts(deps, [row])[id_of(row)], partial(_settle, deps))
     except Exception as exc:
         _release_after_error(deps, notification_id, exc)
         raise
@@ -124,13 +124,13 @@ def deliver_many(deps: DeliveryDeps, notification_ids: Sequence[int]) -> list[Re
     rows = claim_many(
         deps.engine, deps.clock, notification_ids, lease=timedelta(seconds=deps.settings.claim_lease_seconds)
     )
-    claimed = {_key(row) for row in rows}
+    claimed = {id_of(row) for row in rows}
     reports = {nid: Report(nid, None, NOT_CLAIMABLE) for nid in notification_ids if nid not in claimed}
     try:
         facts = _load_facts(deps, rows)
     except Exception as exc:  # e.g. the database went away: hand every row back, let the broker retry the batch
         for row in rows:
-            _release_after_error(deps, _key(row), exc)
+            _release_after_error(deps, id_of(row), exc)
         raise
     settle = _BatchSettle(deps)
     try:
@@ -149,8 +149,8 @@ def _deliver_rows(
     for row in rows:
         if throttled is not None:
             # A provider's rate limit is reached: the rest would only meet it too. Hand them back unsent.
-            reports[_key(row)] = settle(
-                _key(row),
+            reports[id_of(row)] = settle(
+                id_of(row),
                 State.RETRYING,
                 "waiting for the provider's rate limit",
                 not_before=deps.clock.now() + timedelta(seconds=throttled.retry_in or 1.0),
@@ -160,13 +160,13 @@ def _deliver_rows(
             )
             continue
         try:
-            own = facts[_key(row)] if row.patient_id not in seen else _load_facts(deps, [row])[_key(row)]
+            own = facts[id_of(row)] if row.patient_id not in seen else _load_facts(deps, [row])[id_of(row)]
             seen.add(row.patient_id)
-            report = reports[_key(row)] = _deliver_claimed(deps, row, own, settle)
+            report = reports[id_of(row)] = _deliver_claimed(deps, row, own, settle)
         except Exception as exc:
-            _release_after_error(deps, _key(row), exc)
-            reports[_key(row)] = Report(
-                _key(row),
+            _release_after_error(deps, id_of(row), exc)
+            reports[id_of(row)] = Report(
+                id_of(row),
                 State.RETRYING,
                 f"internal error ({type(exc).__name__})",
                 retry_in=deps.settings.min_backoff_seconds,
@@ -178,11 +178,6 @@ def _deliver_rows(
 
 
 NOT_CLAIMABLE = "not claimable: already settled, not yet due, or held by another worker"
-
-
-def _key(row: Notification) -> int:
-    assert row.id is not None
-    return row.id
 
 
 @dataclass(frozen=True)
@@ -201,7 +196,7 @@ class _Facts:
 def _load_facts(deps: DeliveryDeps, rows: Sequence[Notification]) -> dict[int, _Facts]:
     """The facts for many notifications in a fixed number of queries, whatever the batch size."""
     now = deps.clock.now()
-    ids = [_key(row) for row in rows]
+    ids = [id_of(row) for row in rows]
     patient_ids = sorted({row.patient_id for row in rows})
     devices: dict[int, list[Device]] = defaultdict(list)
     preferences: dict[int, list[Preference]] = defaultdict(list)
@@ -222,7 +217,7 @@ def _load_facts(deps: DeliveryDeps, rows: Sequence[Notification]) -> dict[int, _
         consent = consent_of(session, patient_ids)
         counts = recent_counts_of(session, patient_ids, now, exclude=ids)
         stale = {
-            _key(row): (
+            id_of(row): (
                 appointments.stale_reason(session, row.context, now)
                 or surveys.stale_reason(session, row.context)
                 or campaigns.stale_reason(session, row.campaign_id)
@@ -231,14 +226,14 @@ def _load_facts(deps: DeliveryDeps, rows: Sequence[Notification]) -> dict[int, _
         }
         session.expunge_all()
     return {
-        _key(row): _Facts(
+        id_of(row): _Facts(
             patient=patients.get(row.patient_id),
             devices=devices[row.patient_id],
             preferences=preferences[row.patient_id],
-            accepted_before=accepted[_key(row)],
+            accepted_before=accepted[id_of(row)],
             consent=consent[row.patient_id],
             counts=counts[row.patient_id],
-            stale=stale[_key(row)],
+            stale=stale[id_of(row)],
         )
         for row in rows
     }

@@ -26,7 +26,8 @@ log = structlog.get_logger(__name__)
 Enqueue = Callable[[int], None]
 
 
-def _id(row: Notification) -> int:
+def id_of(row: Notification) -> int:
+    """The row's id; an unflushed row has none, and asking for it is a bug."""
     if row.id is None:
         raise ValueError("notification has no id yet (not flushed)")
     return row.id
@@ -47,7 +48,9 @@ def transition(
         notification.lease_until = None
     session.add(notification)
     session.add(
-        NotificationEvent(notification_id=_id(notification), from_state=source, to_state=target, reason=reason, at=now)
+        NotificationEvent(
+            notification_id=id_of(notification), from_state=source, to_state=target, reason=reason, at=now
+        )
     )
 
 
@@ -117,7 +120,7 @@ def submit(
 
     if not_before is None or not_before <= now:
         enqueue(notification_id)
-        mark_enqueued(engine, notification_id, clock.now())
+        mark_enqueued(engine, [notification_id], clock.now())
     log.info("notification.created", notification_id=notification_id, category=str(category))
     return Submitted(notification_id=notification_id, created=True)
 
@@ -158,9 +161,9 @@ def add_notification(
     session.add(row)
     session.flush()
     session.add(
-        NotificationEvent(notification_id=_id(row), from_state=None, to_state=State.PENDING, reason="created", at=now)
+        NotificationEvent(notification_id=id_of(row), from_state=None, to_state=State.PENDING, reason="created", at=now)
     )
-    return _id(row), True
+    return id_of(row), True
 
 
 def cancel_open(session: Session, now: datetime, *, patient_id: int, context_key: str, value: int, reason: str) -> int:
@@ -179,13 +182,15 @@ def cancel_open(session: Session, now: datetime, *, patient_id: int, context_key
     return count
 
 
-def mark_enqueued(engine: Engine, notification_id: int, at: datetime) -> None:
+def mark_enqueued(engine: Engine, notification_ids: Sequence[int], at: datetime) -> None:
+    """Stamp rows just put on the broker, so the relay leaves them alone."""
     with session_scope(engine) as session:
         # Only if nobody stamped it since (a worker may already have scheduled its retry).
         session.execute(
             update(Notification)
-            .where(col(Notification.id) == notification_id, col(Notification.enqueued_at).is_(None))
+            .where(col(Notification.id).in_(list(notification_ids)), col(Notification.enqueued_at).is_(None))
             .values(enqueued_at=at)
+            .execution_options(synchronize_session=False)
         )
 
 
@@ -263,7 +268,7 @@ def claim_many(
                 continue
             session.add(
                 NotificationEvent(
-                    notification_id=_id(row),
+                    notification_id=id_of(row),
                     from_state=row.state,
                     to_state=State.SENDING,
                     reason="lease expired; claimed again" if stale_lease else "claimed",
