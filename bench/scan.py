@@ -26,7 +26,7 @@ from bench.harness import scratch_database
 from worker.clock import FrozenClock
 from worker.db import make_engine
 from worker.models import Notification
-from worker.notifications import _due_conditions, relay
+from worker.outbox.relay import _due_conditions, relay
 
 NOW = datetime(2026, 3, 2, 18, 0, tzinfo=UTC)
 DUE = 100
@@ -101,7 +101,7 @@ def _measure(engine: Engine, size: int, runs: int) -> tuple[list[float], int]:
         relay(
             engine,
             clock,
-            queued.append,
+            queued.extend,
             grace=timedelta(seconds=10),
             requeue_after=timedelta(minutes=15),
             batch_size=500,

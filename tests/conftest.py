@@ -223,13 +223,13 @@ def events(app: App, notification_id: int) -> list[tuple[str | None, str, str | 
 def tick(app: App) -> list[int]:
     """One scheduler tick, then the worker: what the relay queues is delivered (synchronously, on app.clock)."""
     from worker.delivery import deliver
-    from worker.notifications import relay
+    from worker.outbox import relay
 
     queued: list[int] = []
     relay(
         app.engine,
         app.clock,
-        queued.append,
+        queued.extend,
         grace=timedelta(seconds=10),
         requeue_after=timedelta(minutes=15),
         batch_size=100,

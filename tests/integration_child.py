@@ -27,7 +27,7 @@ def main() -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         app.enqueue(notification_id)
 
-    from worker.notifications import submit
+    from worker.outbox import submit
 
     submit(app.engine, app.clock, enqueue, patient_id=patient_id, category="account_notice", idempotency_key=key)
 

@@ -87,10 +87,10 @@ def test_send_time_recheck_cancels_a_reminder_queued_before_the_reschedule(setup
     create_appointment(app.engine, app.clock, app.settings, patient_id=pid, external_ref="a1", starts_at=starts)
     first = _reminders(app)[0]
     app.clock.set(first.not_before)
-    from worker.notifications import relay
+    from worker.outbox import relay
 
     queued: list[int] = []
-    relay(app.engine, app.clock, queued.append, grace=timedelta(0), requeue_after=timedelta(minutes=15), batch_size=10)
+    relay(app.engine, app.clock, queued.extend, grace=timedelta(0), requeue_after=timedelta(minutes=15), batch_size=10)
     assert queued == [first.id]  # on the broker now
     # The appointment moves while the message waits; then a worker picks it up.
     with session_scope(app.engine) as session:

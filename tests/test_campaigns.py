@@ -386,6 +386,27 @@ def test_the_batch_actor_pauses_at_the_provider_rate_limit_without_burning_attem
 
 
 def test_a_failing_row_in_a_batch_is_retried_on_its_own(make_app) -> None:  # type: ignore[no-untyped-def]
+    # A plain 500 (no wait named): that row backs off, the provider stays open for the rest.
+    push = ScriptedProvider(
+        name="fake-push",
+        channel=Channel.PUSH,
+        script=[SendResult(outcome=Outcome.ACCEPTED), SendResult(outcome=Outcome.RETRY, error_code="500")],
+    )
+    app = make_app(providers=fake_providers(push=push))
+    for i in range(3):
+        create_patient(app, ref=f"f{i}", email=None)
+    cid = _campaign(app, channels=["push"])
+    _launch(app, cid)
+    queue = Queue()
+    fan_out(app.engine, app.clock, queue, cid, chunk_size=100)
+    app.actors.deliver_batch.fn(queue.ids)
+    assert [load(app, i).state for i in queue.ids] == [State.SENT, State.RETRYING, State.SENT]
+    delayed = _messages(app, f"{app.settings.queue_name}.DQ")
+    assert [(m.actor_name, m.args) for m in delayed] == [("deliver", (queue.ids[1],))]
+
+
+def test_a_provider_that_names_a_wait_pauses_the_rest_of_the_batch(make_app) -> None:  # type: ignore[no-untyped-def]
+    """A 429/503 with Retry-After is the provider's own cool-down: the rows behind wait that long, uncounted."""
     push = ScriptedProvider(
         name="fake-push",
         channel=Channel.PUSH,
@@ -399,9 +420,12 @@ def test_a_failing_row_in_a_batch_is_retried_on_its_own(make_app) -> None:  # ty
     queue = Queue()
     fan_out(app.engine, app.clock, queue, cid, chunk_size=100)
     app.actors.deliver_batch.fn(queue.ids)
-    assert [load(app, i).state for i in queue.ids] == [State.SENT, State.RETRYING, State.SENT]
-    delayed = _messages(app, f"{app.settings.queue_name}.DQ")
-    assert [(m.actor_name, m.args) for m in delayed] == [("deliver", (queue.ids[1],))]
+    rows = [load(app, i) for i in queue.ids]
+    assert [r.state for r in rows] == [State.SENT, State.RETRYING, State.RETRYING]
+    assert len(push.sent) == 2, "the third row never called the paused provider"
+    waits = [(r.not_before - app.clock.now()).total_seconds() for r in rows[1:]]
+    assert all(30.0 <= w <= 33.0 for w in waits), waits
+    assert rows[2].attempt_count == 0, "a wait that called no provider is not an attempt"
 
 
 @pytest.mark.postgres

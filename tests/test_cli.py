@@ -231,7 +231,7 @@ def test_dead_letters_list_and_replay(tmp_path: Path, make_app, redis_namespace:
     from worker.broker import queue_depths
     from worker.categories import Channel
     from worker.dead_letters import list_dead_letters
-    from worker.notifications import submit
+    from worker.outbox import submit
 
     class Exploding(ScriptedProvider):
         def send(self, *, message):  # type: ignore[no-untyped-def]

@@ -22,7 +22,7 @@ class Exploding(ScriptedProvider):
 
 def _dead_letter_one(app) -> int:  # type: ignore[no-untyped-def]
     """Crash a delivery until the broker gives up: the message lands in the dead-letter queue."""
-    from worker.notifications import submit
+    from worker.outbox import submit
 
     pid = create_patient(app)
     nid = submit(

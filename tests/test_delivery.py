@@ -14,8 +14,8 @@ from tests.conftest import attempts, create_notification, create_patient, events
 from worker.categories import Category, Channel
 from worker.db import session_scope
 from worker.delivery import deliver
+from worker.delivery.claims import claim
 from worker.models import Device, Preference
-from worker.notifications import claim
 from worker.states import State
 
 RETRY = SendResult(outcome=Outcome.RETRY, error_code="UNAVAILABLE", detail="503")
@@ -252,7 +252,7 @@ def test_only_one_of_two_concurrent_claims_wins(make_app) -> None:  # type: igno
 
     def contender() -> None:
         barrier.wait()
-        won.append(claim(app.engine, app.clock, nid, lease=timedelta(minutes=5)) is not None)
+        won.append(claim(app.engine, app.clock, nid, lease=timedelta(minutes=5), holder="test-worker") is not None)
 
     threads = [threading.Thread(target=contender) for _ in range(8)]
     for t in threads:
@@ -265,8 +265,8 @@ def test_only_one_of_two_concurrent_claims_wins(make_app) -> None:  # type: igno
 def test_a_dead_workers_claim_can_be_taken_over_after_its_lease(make_app) -> None:  # type: ignore[no-untyped-def]
     app = make_app()
     nid = create_notification(app, create_patient(app))
-    assert claim(app.engine, app.clock, nid, lease=timedelta(minutes=5)) is not None
-    assert claim(app.engine, app.clock, nid, lease=timedelta(minutes=5)) is None
+    assert claim(app.engine, app.clock, nid, lease=timedelta(minutes=5), holder="test-worker") is not None
+    assert claim(app.engine, app.clock, nid, lease=timedelta(minutes=5), holder="test-worker") is None
     app.clock.advance(minutes=6)
-    assert claim(app.engine, app.clock, nid, lease=timedelta(minutes=5)) is not None
+    assert claim(app.engine, app.clock, nid, lease=timedelta(minutes=5), holder="test-worker") is not None
     assert events(app, nid)[-1] == ("sending", "sending", "lease expired; claimed again")

@@ -13,10 +13,10 @@ from worker.appointments import create_appointment
 from worker.categories import Category, Channel
 from worker.db import session_scope
 from worker.delivery import deliver
+from worker.delivery.claims import claim
 from worker.erasure import erase_patient
 from worker.errors import NotFound
 from worker.models_consent import ConsentSource
-from worker.notifications import claim
 from worker.preferences import PreferenceChange, set_preferences
 from worker.schema import load_all_models
 
@@ -57,7 +57,9 @@ def _erase_scenario(app) -> None:  # type: ignore[no-untyped-def]
     sent = create_notification(app, child)
     deliver(app.deps, sent)
     in_flight = create_notification(app, child)
-    assert claim(app.engine, app.clock, in_flight, lease=timedelta(minutes=5)) is not None  # a worker holds it
+    assert (
+        claim(app.engine, app.clock, in_flight, lease=timedelta(minutes=5), holder="test-worker") is not None
+    )  # a worker holds it
     before = len(push.sent)
 
     assert sum(_rows_about(app, child).values()) > 0

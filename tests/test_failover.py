@@ -8,11 +8,11 @@ from integrations.base import Outcome, SendResult
 from integrations.fake import ScriptedProvider
 from tests.conftest import attempts, create_notification, create_patient, fake_providers, load
 from worker.categories import Category, Channel
-from worker.circuit import CircuitBreakers
 from worker.consent import current_consent
 from worker.db import session_scope
 from worker.delivery import deliver
-from worker.ratelimit import ProviderRateLimits
+from worker.delivery.circuit import CircuitBreakers
+from worker.delivery.ratelimit import ProviderRateLimits
 from worker.states import State
 
 DOWN = SendResult(outcome=Outcome.RETRY, error_code="503")

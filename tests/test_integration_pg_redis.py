@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,8 +21,9 @@ from integrations.fake import ScriptedProvider
 from tests.conftest import REDIS_URL, attempts, create_notification, create_patient, fake_providers, load
 from worker.categories import Channel
 from worker.db import session_scope
+from worker.delivery.claims import claim
 from worker.models import DeliveryAttempt, Notification
-from worker.notifications import claim, relay
+from worker.outbox import relay
 from worker.runtime import start_worker, stop_worker
 from worker.states import TERMINAL, State
 
@@ -94,7 +96,7 @@ def test_concurrent_claims_on_postgres_have_one_winner(prod_app) -> None:  # typ
 
     def contender() -> None:
         barrier.wait()
-        won.append(claim(app.engine, app.clock, nid, lease=timedelta(minutes=5)) is not None)
+        won.append(claim(app.engine, app.clock, nid, lease=timedelta(minutes=5), holder="test-worker") is not None)
 
     threads = [threading.Thread(target=contender) for _ in range(6)]
     for t in threads:
@@ -107,7 +109,7 @@ def test_concurrent_claims_on_postgres_have_one_winner(prod_app) -> None:  # typ
 def test_two_relays_at_once_queue_each_row_once(prod_app) -> None:  # type: ignore[no-untyped-def]
     app = prod_app()
     pid = create_patient(app)
-    from worker.notifications import submit
+    from worker.outbox import submit
 
     def crash(_: int) -> None:
         raise RuntimeError("crash before enqueue")
@@ -128,9 +130,9 @@ def test_two_relays_at_once_queue_each_row_once(prod_app) -> None:  # type: igno
     barrier = threading.Barrier(2)
 
     def one_relay() -> None:
-        def enqueue(nid: int) -> None:
+        def enqueue(ids: Sequence[int]) -> None:
             with lock:
-                queued.append(nid)
+                queued.extend(ids)
             time.sleep(0.005)  # hold the row locks a little so the two relays overlap
 
         barrier.wait()

@@ -16,7 +16,7 @@ from worker.categories import Category, Channel
 from worker.delivery import deliver
 from worker.logs import configure_logging
 from worker.models_consent import ConsentSource
-from worker.notifications import submit
+from worker.outbox import submit
 from worker.preferences import PreferenceChange, set_preferences
 from worker.templates import LOCALES
 

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from worker.categories import Category
+from worker.delivery.policy import decide
 from worker.models import Notification, Patient
-from worker.policy import decide
 from worker.quiet_hours import allowed_window, next_allowed_instant
 
 NY = ZoneInfo("America/New_York")

@@ -8,7 +8,8 @@ import pytest
 
 from tests.conftest import create_patient, load
 from worker.delivery import deliver
-from worker.notifications import claim, relay, submit
+from worker.delivery.claims import claim
+from worker.outbox import relay, submit
 from worker.states import State
 
 GRACE = timedelta(seconds=10)
@@ -24,7 +25,7 @@ def _crash(_: int) -> None:
 
 
 def _relay(app, calls: list[int]) -> int:  # type: ignore[no-untyped-def]
-    return relay(app.engine, app.clock, calls.append, grace=GRACE, requeue_after=REQUEUE, batch_size=100)
+    return relay(app.engine, app.clock, calls.extend, grace=GRACE, requeue_after=REQUEUE, batch_size=100)
 
 
 def test_row_committed_but_never_enqueued_is_relayed_once_after_grace(make_app) -> None:  # type: ignore[no-untyped-def]
@@ -80,7 +81,9 @@ def test_claim_orphaned_by_a_killed_worker_is_recovered(make_app) -> None:  # ty
     pid = create_patient(app)
     calls: list[int] = []
     submit(app.engine, app.clock, calls.append, patient_id=pid, category="care_team_message", idempotency_key="k")
-    assert claim(app.engine, app.clock, 1, lease=timedelta(minutes=5)) is not None  # then the worker is killed
+    assert (
+        claim(app.engine, app.clock, 1, lease=timedelta(minutes=5), holder="test-worker") is not None
+    )  # then the worker is killed
     calls.clear()
     assert _relay(app, calls) == 0
     app.clock.advance(minutes=6)

@@ -19,7 +19,7 @@ from sqlmodel import col
 from worker.clock import FrozenClock
 from worker.db import make_engine
 from worker.models import Notification
-from worker.notifications import _due_conditions, relay
+from worker.outbox.relay import _due_conditions, relay
 
 pytestmark = pytest.mark.postgres
 
@@ -113,7 +113,7 @@ def test_due_scan_pages_do_not_grow_with_future_rows(pg_url: str) -> None:
         assert table_pages > 10 * total_large, (table_pages, total_large)
 
         queued: list[int] = []
-        relay(engine, FrozenClock(NOW), queued.append, grace=GRACE, requeue_after=REQUEUE, batch_size=500)
+        relay(engine, FrozenClock(NOW), queued.extend, grace=GRACE, requeue_after=REQUEUE, batch_size=500)
         assert len(queued) == DUE
     finally:
         engine.dispose()

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from tests.conftest import REDIS_URL, create_patient, fake_providers
 from worker.categories import Category, Channel
 from worker.db import session_scope
 from worker.models import DeliveryAttempt, Notification
-from worker.notifications import _due_conditions, add_notification
+from worker.outbox import add_notification
+from worker.outbox.relay import _due_conditions
 from worker.runtime import start_worker, stop_worker
 from worker.states import State
 
@@ -144,57 +146,47 @@ def _due_rows(app, count: int) -> None:  # type: ignore[no-untyped-def]
             )
 
 
-def test_a_scheduler_that_dies_mid_tick_releases_its_claims(make_app, pg_url: str) -> None:  # type: ignore[no-untyped-def]
-    """Scheduler A holds 50 rows locked while it enqueues; B skips them and takes the other 50. A dies before
-    committing: its rows were never stamped, so B's next tick takes them. Each row is queued exactly once."""
-    import threading
-
-    from worker.notifications import relay
+def test_relayed_rows_are_unlocked_when_their_message_arrives(make_app, pg_url: str) -> None:  # type: ignore[no-untyped-def]
+    """The relay commits its stamps before it enqueues: a worker that gets the message at once claims the row
+    (it used to find it locked, skip it, and leave it invisible for 15 minutes). If the broker then refuses
+    the rest, the stamps are undone and the next tick queues those rows. Each row is queued once."""
+    from worker.delivery.claims import claim
+    from worker.models import Notification
+    from worker.outbox import relay
 
     app = make_app(database_url=pg_url, migrate=False)
     _due_rows(app, 100)
-    inside, die = threading.Event(), threading.Event()
+    taken: list[object] = []
 
-    class Died(Exception):
-        pass
+    def fast_worker_then_broker_down(ids: Sequence[int]) -> None:
+        taken.append(claim(app.engine, app.clock, ids[0], lease=timedelta(seconds=6), holder="fast-worker"))
+        raise ConnectionError("broker away")
 
-    def dying_enqueue(_: int) -> None:
-        inside.set()
-        die.wait(timeout=10)
-        raise Died("scheduler process killed")
-
-    def tick_a() -> None:
-        with pytest.raises(Died):
-            relay(
-                app.engine,
-                app.clock,
-                dying_enqueue,
-                grace=timedelta(0),
-                requeue_after=timedelta(minutes=15),
-                batch_size=50,
-            )
-
-    thread = threading.Thread(target=tick_a)
-    thread.start()
-    assert inside.wait(timeout=10)
+    with pytest.raises(ConnectionError):
+        relay(
+            app.engine,
+            app.clock,
+            fast_worker_then_broker_down,
+            grace=timedelta(0),
+            requeue_after=timedelta(minutes=15),
+            batch_size=50,
+        )
+    assert isinstance(taken[0], Notification), "the row was claimable while the relay was still enqueuing"
     queued: list[int] = []
 
-    def tick_b() -> int:
+    def tick() -> int:
         return relay(
             app.engine,
             app.clock,
-            queued.append,
+            queued.extend,
             grace=timedelta(0),
             requeue_after=timedelta(minutes=15),
             batch_size=500,
         )
 
-    assert tick_b() == 50, "the rows A holds are skipped, not waited for"
-    die.set()
-    thread.join(timeout=10)
-    assert tick_b() == 50, "A's claims came back when its transaction died"
-    assert tick_b() == 0
-    assert sorted(queued) == list(range(1, 101))
+    assert tick() == 99, "the 49 the broker refused come back at once, with the 50 never taken"
+    assert tick() == 0
+    assert sorted(queued) == list(range(2, 101))
 
 
 def test_downtime_catch_up_on_postgresql(make_app, pg_url: str) -> None:  # type: ignore[no-untyped-def]

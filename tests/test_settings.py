@@ -23,7 +23,7 @@ def test_environment_overrides_toml_including_nested(monkeypatch: pytest.MonkeyP
     settings = load_settings()
     assert settings.delivery.max_attempts == 3
     assert settings.worker_threads == 2
-    assert settings.delivery.claim_lease_seconds == 300  # the rest of the table still comes from the file
+    assert settings.delivery.claim_lease_seconds == 6.0  # the rest of the table still comes from the file
 
 
 def test_env_section_is_laid_over_default(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,7 +6,7 @@ from tests.conftest import create_notification, create_patient, load
 from worker.db import session_scope
 from worker.errors import IllegalTransition
 from worker.models import Notification
-from worker.notifications import transition
+from worker.outbox import transition
 from worker.states import ALLOWED, TERMINAL, State
 
 

@@ -12,7 +12,7 @@ from worker.categories import Category
 from worker.db import session_scope
 from worker.errors import InvalidInput, NotFound
 from worker.models import Notification
-from worker.notifications import submit
+from worker.outbox import submit
 from worker.states import State
 
 

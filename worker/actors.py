@@ -12,7 +12,7 @@ import dramatiq
 import structlog
 
 from worker.delivery import DeliveryDeps, deliver, deliver_many
-from worker.notifications import give_up
+from worker.outbox import give_up
 from worker.states import State
 
 log = structlog.get_logger(__name__)

@@ -19,7 +19,7 @@ from worker.db import session_scope
 from worker.errors import InvalidInput, NotFound
 from worker.models import Patient
 from worker.models_scheduling import Appointment, AppointmentStatus
-from worker.notifications import add_notification, cancel_open
+from worker.outbox import add_notification, cancel_open
 from worker.settings import Settings
 
 CONTEXT_KEY = "appointment_id"

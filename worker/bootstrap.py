@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import dramatiq
@@ -19,16 +20,17 @@ from integrations.inapp import InAppProvider
 from integrations.sendgrid import SendGridEmailProvider
 from integrations.twilio import TwilioSmsProvider
 from worker.actors import Actors, declare_actors
-from worker.broker import build_broker
+from worker.broker import BrokerEpoch, build_broker
 from worker.campaigns import launch_due
 from worker.categories import Channel
-from worker.circuit import CircuitBreakers
 from worker.clock import Clock, SystemClock
 from worker.db import make_engine
 from worker.delivery import DeliveryDeps
+from worker.delivery.circuit import CircuitBreakers
+from worker.delivery.claims import Leases
+from worker.delivery.ratelimit import build_rate_limits
 from worker.errors import ConfigError
-from worker.notifications import Submitted, relay, submit
-from worker.ratelimit import build_rate_limits
+from worker.outbox import Relay, Submitted, submit
 from worker.settings import Settings, load_settings
 from worker.unsubscribe import make_unsubscribe_url
 
@@ -135,6 +137,17 @@ def _unsubscribe_links(settings: Settings, clock: Clock) -> Callable[[int], str]
     )
 
 
+def queue_in_batches(actors: Actors, size: int, notification_ids: Sequence[int]) -> None:
+    """``deliver_batch`` messages of ``size`` ids each (a lone id goes as a plain ``deliver``)."""
+    ids = list(notification_ids)
+    for start in range(0, len(ids), size):
+        chunk = ids[start : start + size]
+        if len(chunk) == 1:
+            actors.deliver.send(chunk[0])
+        else:
+            actors.deliver_batch.send(chunk)
+
+
 @dataclass
 class App:
     """Everything a process needs, built once."""
@@ -146,6 +159,7 @@ class App:
     providers: Mapping[Channel, Sequence[Provider]]
     deps: DeliveryDeps
     actors: Actors
+    relay_job: Relay
     clients: HttpClients | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -154,14 +168,7 @@ class App:
 
     def enqueue_many(self, notification_ids: Sequence[int]) -> None:
         """Queue many notifications in ``deliver_batch`` messages of ``delivery.batch_size`` ids each."""
-        size = self.settings.delivery.batch_size
-        ids = list(notification_ids)
-        for start in range(0, len(ids), size):
-            chunk = ids[start : start + size]
-            if len(chunk) == 1:
-                self.actors.deliver.send(chunk[0])
-            else:
-                self.actors.deliver_batch.send(chunk)
+        queue_in_batches(self.actors, self.settings.delivery.batch_size, notification_ids)
 
     def submit(self, **kwargs: Any) -> Submitted:
         """Submit with the default time-to-live: a notice that could not go out in time expires, with a reason."""
@@ -170,16 +177,8 @@ class App:
         return submit(self.engine, self.clock, self.enqueue, **kwargs)
 
     def relay(self) -> int:
-        cfg = self.settings.outbox
-        return relay(
-            self.engine,
-            self.clock,
-            self.enqueue,
-            enqueue_many=self.enqueue_many,
-            grace=timedelta(seconds=cfg.grace_seconds),
-            requeue_after=timedelta(seconds=cfg.requeue_after_seconds),
-            batch_size=cfg.batch_size,
-        )
+        """One relay tick: queue what is due and has no live broker message (see :mod:`worker.outbox.relay`)."""
+        return self.relay_job.tick()
 
     def launch_campaigns(self) -> int:
         """Fan out every campaign whose launch time has come; returns how many notifications were created."""
@@ -187,6 +186,7 @@ class App:
         return sum(progress.created for progress in done)
 
     def close(self) -> None:
+        self.deps.leases.stop()
         self.broker.close()
         self.engine.dispose()
         if self.clients is not None:
@@ -208,23 +208,39 @@ def build_app(
     broker = broker or build_broker(settings, namespace=broker_namespace or settings.redis_namespace)
     clients = build_clients(settings.provider.http_timeout_seconds)
     registry = providers if providers is not None else build_providers(settings, clients=clients, clock=clock)
+    namespace = broker_namespace or settings.redis_namespace
+    leases = Leases(
+        engine,
+        clock,
+        lease=timedelta(seconds=settings.delivery.claim_lease_seconds),
+        beat=timedelta(seconds=settings.delivery.heartbeat_seconds),
+    )
     deps = DeliveryDeps(
         engine=engine,
         clock=clock,
         providers=registry,
         settings=settings.delivery,
+        leases=leases,
         quiet_window=(settings.scheduling.quiet_hours_start, settings.scheduling.quiet_hours_end),
         unsubscribe_url=_unsubscribe_links(settings, clock),
         breakers=CircuitBreakers(
             clock,
             threshold=settings.provider.breaker_failure_threshold,
             cooldown=timedelta(seconds=settings.provider.breaker_cooldown_seconds),
+            # A trial outlives no HTTP call: past the client's timeout it was lost, and the next caller tries.
+            trial_timeout=timedelta(seconds=2 * settings.provider.http_timeout_seconds),
         ),
-        rate_limits=build_rate_limits(
-            broker, settings.provider.rate_limits_per_second, namespace=broker_namespace or settings.redis_namespace
-        ),
+        rate_limits=build_rate_limits(broker, settings.provider.rate_limits_per_second, namespace=namespace),
     )
     actors = declare_actors(broker, deps, queue_name=settings.queue_name)
+    relay_job = Relay(
+        engine,
+        clock,
+        partial(queue_in_batches, actors, settings.delivery.batch_size),
+        settings.outbox,
+        lease=leases.lease,
+        broker_lost=BrokerEpoch(broker, namespace=namespace).lost,
+    )
     return App(
         clients=clients,
         settings=settings,
@@ -234,4 +250,5 @@ def build_app(
         providers=registry,
         deps=deps,
         actors=actors,
+        relay_job=relay_job,
     )

@@ -7,7 +7,7 @@ reachability; an erased patient has no row), one
 messages, not one message per recipient. Each chunk is one transaction that also advances the campaign's
 cursor, so a crashed fan-out resumes where it stopped and never creates a recipient's row twice.
 
-Everything is checked again at send time by :mod:`worker.policy` (a patient may opt out after fan-out).
+Everything is checked again at send time by :mod:`worker.delivery.policy` (a patient may opt out after fan-out).
 Per-recipient quiet hours are applied here already: a recipient outside the marketing window gets a row
 that waits (``not_before``) for her local 08:00, and one whose window opens only after the campaign ends
 gets none.
@@ -53,7 +53,7 @@ from worker.errors import InvalidInput, NotFound
 from worker.models import DeliveryAttempt, Device, Notification, NotificationEvent, Patient
 from worker.models_campaigns import Campaign, CampaignState
 from worker.models_consent import ConsentEvent
-from worker.notifications import OPEN_STATES, mark_enqueued
+from worker.outbox import OPEN_STATES, mark_enqueued
 from worker.quiet_hours import MARKETING_WINDOW, next_allowed_instant
 from worker.settings import CampaignSettings
 from worker.states import State
@@ -299,7 +299,7 @@ def _latest_consent(channel: Channel, category: Category | None) -> ColumnElemen
 
 
 def _consents(channel: Channel) -> ColumnElement[bool]:
-    """Mirror of :func:`worker.policy.consent_blocked` for marketing: no channel-wide revocation, and the
+    """Mirror of :func:`worker.delivery.policy.consent_blocked` for marketing: no channel-wide revocation, and the
     channel's marketing consent (SMS opt-in needs a grant; push and email are open unless revoked)."""
     channel_wide = _latest_consent(channel, None).is_not(False)
     marketing = _latest_consent(channel, Category.MARKETING)

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import DateTime, Dialect, event
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session, create_engine
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from worker.errors import ConfigError
+
+T = TypeVar("T")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -85,3 +89,23 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A database error that a new connection may not have: the connection was lost or the server is away."""
+    return isinstance(exc, DBAPIError) and (exc.connection_invalidated or isinstance(exc, OperationalError))
+
+
+def retry_transient(fn: Callable[[], T], *, seconds: float) -> T:
+    """Run ``fn`` (a whole transaction), again on a transient database error, for up to ``seconds``.
+
+    For writes that must not be lost when a connection is killed mid-transaction (a provider's answer, a
+    settled row); anything else is raised at once.
+    """
+    retrying = Retrying(
+        retry=retry_if_exception(is_transient),
+        stop=stop_after_delay(seconds),
+        wait=wait_exponential(multiplier=0.05, max=2.0),
+        reraise=True,
+    )
+    return retrying(fn)

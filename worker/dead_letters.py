@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from worker.clock import Clock
 from worker.db import session_scope
 from worker.models import Notification
-from worker.notifications import transition
+from worker.outbox import transition
 from worker.states import State
 
 

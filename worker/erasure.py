@@ -16,7 +16,7 @@ from worker.clock import Clock
 from worker.db import session_scope
 from worker.errors import NotFound
 from worker.models import Notification, Patient
-from worker.notifications import OPEN_STATES, transition
+from worker.outbox import OPEN_STATES, transition
 from worker.states import State
 
 log = structlog.get_logger(__name__)

@@ -111,6 +111,8 @@ class Notification(SQLModel, table=True):
     #: When a broker message was last put out for it; ``None`` means the broker holds none.
     enqueued_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    #: The worker process holding the claim (``host:pid:nonce``); its heartbeat extends ``lease_until``.
+    claimed_by: str | None = Field(default=None, max_length=96)
     created_at: datetime = Field(sa_type=UTCDateTime)
     updated_at: datetime = Field(sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -19,7 +19,7 @@ from worker.consent import record_consent
 from worker.db import session_scope
 from worker.models import DeliveryAttempt, Notification
 from worker.models_consent import ConsentSource
-from worker.notifications import transition
+from worker.outbox import transition
 from worker.states import State
 
 log = structlog.get_logger(__name__)

@@ -21,6 +21,7 @@ def start_worker(app: App, *, threads: int | None = None) -> dramatiq.Worker:
     it itself or middleware that sets up on boot never runs.
     """
     app.broker.emit_after("process_boot")
+    app.deps.leases.start()  # before the first claim: every claim this process makes is kept alive
     worker = dramatiq.Worker(app.broker, worker_threads=threads or app.settings.worker_threads, worker_timeout=250)
     worker.start()
     log.info("worker.start", broker=type(app.broker).__name__, threads=threads or app.settings.worker_threads)
@@ -29,6 +30,7 @@ def start_worker(app: App, *, threads: int | None = None) -> dramatiq.Worker:
 
 def stop_worker(app: App, worker: dramatiq.Worker) -> None:
     worker.stop(timeout=30_000)
+    app.deps.leases.stop()
     log.info("worker.stop")
 
 

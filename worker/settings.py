@@ -44,7 +44,13 @@ class DeliverySettings(BaseModel):
     max_attempts: int = Field(8, ge=1, le=50)
     min_backoff_seconds: float = Field(15.0, gt=0)
     max_backoff_seconds: float = Field(3600.0, gt=0)
-    claim_lease_seconds: int = Field(300, ge=10)
+    #: A claim's lease. Its holder's heartbeat extends it every ``heartbeat_seconds`` while the send runs, so
+    #: it bounds how long a dead worker's rows wait, not how long a send may take.
+    claim_lease_seconds: float = Field(6.0, ge=1)
+    heartbeat_seconds: float = Field(2.0, gt=0)
+    #: How long a worker keeps trying to write down a provider's answer when the database is away, before it
+    #: parks the write with its heartbeat (the row stays held until it is written: never sent twice).
+    record_retry_seconds: float = Field(20.0, ge=0)
     time_limit_seconds: int = Field(120, ge=5)
     #: A notification not sent by then (from its creation) expires instead of arriving late.
     default_ttl_hours: int = Field(72, ge=1)
@@ -57,12 +63,15 @@ class OutboxSettings(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    relay_interval_seconds: float = Field(15.0, gt=0)
+    #: Also how soon a dead worker's claims and a lost broker's messages are queued again.
+    relay_interval_seconds: float = Field(1.0, gt=0)
     #: A fresh row gets this long to be enqueued by whoever created it before the relay steps in.
     grace_seconds: float = Field(10.0, ge=0)
     #: A queued row not picked up after this long is assumed lost by the broker and queued again.
     requeue_after_seconds: float = Field(900.0, gt=0)
     batch_size: int = Field(500, ge=1)
+    #: Rows one tick may queue (batch after batch): a broker that lost its queue is refilled in one tick.
+    max_per_tick: int = Field(20_000, ge=1)
 
 
 class ProviderSettings(BaseModel):
@@ -158,6 +167,10 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///var/carenotify.db"
     broker: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Redis broker: a worker process silent this long is dead and its fetched messages go back on the queue.
+    broker_heartbeat_timeout_seconds: float = Field(5.0, ge=1)
+    #: Redis broker: the share of broker commands that also run that check (dramatiq's maintenance).
+    broker_maintenance_chance: float = Field(0.1, gt=0, le=1)
     #: Key prefix on Redis, so several deployments (or test runs) can share one server.
     redis_namespace: str = "carenotify"
     queue_name: str = "deliveries"

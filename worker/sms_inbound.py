@@ -20,7 +20,7 @@ from worker.consent import record_consent
 from worker.db import session_scope
 from worker.models import Notification, Patient
 from worker.models_consent import ConsentSource
-from worker.notifications import Enqueue, Submitted, add_notification
+from worker.outbox import Enqueue, Submitted, add_notification
 from worker.patients import normalise_phone
 
 OPT_OUT_KEYWORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "END", "QUIT", "CANCEL", "REVOKE", "OPTOUT"})

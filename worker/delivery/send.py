@@ -27,15 +27,16 @@ from integrations.base import OutboundMessage, Outcome, Provider, SendResult
 from worker import appointments, campaigns, surveys
 from worker.caps import Counts, recent_counts_of
 from worker.categories import Category, Channel
-from worker.circuit import CircuitBreakers
 from worker.clock import Clock
 from worker.consent import ConsentState, consent_of, record_consent
-from worker.db import session_scope
+from worker.db import is_transient, retry_transient, session_scope
+from worker.delivery.circuit import CircuitBreakers
+from worker.delivery.claims import NOT_CLAIMABLE, Leases, NotDue, claim, claim_many
+from worker.delivery.policy import decide
+from worker.delivery.ratelimit import ProviderRateLimits
 from worker.models import DeliveryAttempt, Device, Notification, Patient, Preference
 from worker.models_consent import ConsentSource
-from worker.notifications import claim, claim_many, id_of, transition
-from worker.policy import decide
-from worker.ratelimit import ProviderRateLimits
+from worker.outbox import id_of, transition
 from worker.settings import DeliverySettings
 from worker.states import State
 from worker.templates import render
@@ -47,6 +48,8 @@ CONFIG_ERROR_MIN_DELAY = 300.0
 RATE_LIMITED = "rate_limited"
 #: Error codes of a wait that called no provider.
 PAUSED = frozenset({"circuit_open", RATE_LIMITED})
+#: The shortest wait for a paused provider, so a row never spins.
+MIN_PAUSE = 0.5
 
 
 @dataclass
@@ -57,6 +60,8 @@ class DeliveryDeps:
     clock: Clock
     providers: Mapping[Channel, Sequence[Provider]]
     settings: DeliverySettings
+    #: This process's claims and their heartbeat.
+    leases: Leases
     rng: random.Random = field(default_factory=random.Random)
     breakers: CircuitBreakers | None = None
     #: The local window for what can wait (settings.scheduling); ``None`` disables quiet hours.
@@ -78,6 +83,11 @@ class Report:
     throttled: bool = False
     #: An unexpected error (the row was handed back for a retry); :func:`deliver` raises it instead.
     error: Exception | None = None
+
+
+class AnswerNotRecorded(Exception):
+    """A provider answered but the database would not take the answer: it is parked with the heartbeat and the
+    row stays held until it is written, so the send is never repeated."""
 
 
 @dataclass(frozen=True)
@@ -104,14 +114,28 @@ class _ChannelResult:
 
 def deliver(deps: DeliveryDeps, notification_id: int) -> Report:
     """Run the send-time path for one notification. Safe to call any number of times for the same id."""
-    row = claim(deps.engine, deps.clock, notification_id, lease=timedelta(seconds=deps.settings.claim_lease_seconds))
+    leases = deps.leases
+    row = claim(deps.engine, deps.clock, notification_id, lease=leases.lease, holder=leases.holder)
+    if isinstance(row, NotDue):
+        return _not_due(deps, notification_id, row)
     if row is None:
         return Report(notification_id, None, NOT_CLAIMABLE)
+    leases.hold([notification_id])
     try:
         return _deliver_claimed(deps, row, _load_facts(deps, [row])[id_of(row)], partial(_settle, deps))
+    except AnswerNotRecorded:
+        raise
     except Exception as exc:
         _release_after_error(deps, notification_id, exc)
         raise
+    finally:
+        leases.release([notification_id])
+
+
+def _not_due(deps: DeliveryDeps, notification_id: int, not_due: NotDue) -> Report:
+    """An early message (a retry's broker delay ran ahead of the row's clock): come back when it is due."""
+    wait = max(0.05, (not_due.at - deps.clock.now()).total_seconds())
+    return Report(notification_id, None, "not due yet", retry_in=wait)
 
 
 def deliver_many(deps: DeliveryDeps, notification_ids: Sequence[int]) -> list[Report]:
@@ -121,22 +145,26 @@ def deliver_many(deps: DeliveryDeps, notification_ids: Sequence[int]) -> list[Re
     facts read after that one was sent, so a frequency cap counts it. An unexpected error on one row hands that
     row back for a retry (its report carries the error) and the batch goes on.
     """
-    rows = claim_many(
-        deps.engine, deps.clock, notification_ids, lease=timedelta(seconds=deps.settings.claim_lease_seconds)
-    )
-    claimed = {id_of(row) for row in rows}
-    reports = {nid: Report(nid, None, NOT_CLAIMABLE) for nid in notification_ids if nid not in claimed}
+    leases = deps.leases
+    rows, later = claim_many(deps.engine, deps.clock, notification_ids, lease=leases.lease, holder=leases.holder)
+    claimed = [id_of(row) for row in rows]
+    reports = {nid: Report(nid, None, NOT_CLAIMABLE) for nid in notification_ids}
+    reports.update({nid: _not_due(deps, nid, not_due) for nid, not_due in later.items()})
+    leases.hold(claimed)
     try:
-        facts = _load_facts(deps, rows)
-    except Exception as exc:  # e.g. the database went away: hand every row back, let the broker retry the batch
-        for row in rows:
-            _release_after_error(deps, id_of(row), exc)
-        raise
-    settle = _BatchSettle(deps)
-    try:
-        _deliver_rows(deps, rows, facts, settle, reports)
+        try:
+            facts = _load_facts(deps, rows)
+        except Exception as exc:  # e.g. the database went away: hand every row back, let the broker retry
+            for row in rows:
+                _release_after_error(deps, id_of(row), exc)
+            raise
+        settle = _BatchSettle(deps)
+        try:
+            _deliver_rows(deps, rows, facts, settle, reports)
+        finally:
+            settle.flush()
     finally:
-        settle.flush()
+        leases.release(claimed)
     return [reports[nid] for nid in notification_ids]
 
 
@@ -163,6 +191,10 @@ def _deliver_rows(
             own = facts[id_of(row)] if row.patient_id not in seen else _load_facts(deps, [row])[id_of(row)]
             seen.add(row.patient_id)
             report = reports[id_of(row)] = _deliver_claimed(deps, row, own, settle)
+        except AnswerNotRecorded as exc:
+            # Held until its answer is written; then the relay finds it and the accepted target is not resent.
+            reports[id_of(row)] = Report(id_of(row), State.SENDING, "provider answer waiting to be recorded", error=exc)
+            continue
         except Exception as exc:
             _release_after_error(deps, id_of(row), exc)
             reports[id_of(row)] = Report(
@@ -175,9 +207,6 @@ def _deliver_rows(
             continue
         if report.throttled:
             throttled = report
-
-
-NOT_CLAIMABLE = "not claimable: already settled, not yet due, or held by another worker"
 
 
 @dataclass(frozen=True)
@@ -350,44 +379,64 @@ def _send_with_failover(
 ) -> tuple[str, SendResult]:
     """Try the channel's providers in order; move to the next on a transient failure or an open circuit."""
     candidates = [p for p in providers if _supports(p, target.platform)]
+    breakers = deps.breakers
     last: tuple[str, SendResult] | None = None
     for provider in candidates:
-        if deps.breakers is not None and not deps.breakers.allow(provider.name):
+        if breakers is not None and not breakers.allow(provider.name):
             continue
-        started = deps.clock.now()
-        if deps.rate_limits is not None and not deps.rate_limits.acquire(provider.name):
-            result = SendResult(outcome=Outcome.RETRY, error_code=RATE_LIMITED, retry_after=1.0)
-            _record_attempt(deps, row, channel, provider.name, target, result, started, 0)
+        settled = False  # every call let through gets a verdict, or frees the trial slot (see finally)
+        try:
+            started = deps.clock.now()
+            if deps.rate_limits is not None and not deps.rate_limits.acquire(provider.name):
+                result = SendResult(outcome=Outcome.RETRY, error_code=RATE_LIMITED, retry_after=1.0)
+                _record_attempt(deps, row, channel, provider.name, target, result, started, 0)
+                last = (provider.name, result)
+                continue
+            t0 = time.perf_counter()
+            result = provider.send(message=message)
+            elapsed_ms = int((time.perf_counter() - t0) * 1000)
+            if breakers is not None:
+                _judge(breakers, provider.name, result)
+                settled = True
+            _record_attempt(deps, row, channel, provider.name, target, result, started, elapsed_ms)
             last = (provider.name, result)
-            continue
-        t0 = time.perf_counter()
-        result = provider.send(message=message)
-        elapsed_ms = int((time.perf_counter() - t0) * 1000)
-        _record_attempt(deps, row, channel, provider.name, target, result, started, elapsed_ms)
-        last = (provider.name, result)
-        if result.outcome in (Outcome.RETRY, Outcome.CONFIG_ERROR):
-            if deps.breakers is not None:
-                deps.breakers.failure(provider.name)
-            continue
-        if deps.breakers is not None:
-            deps.breakers.success(provider.name)
-        return last
+            if result.outcome in (Outcome.RETRY, Outcome.CONFIG_ERROR):
+                continue
+            return last
+        finally:
+            if breakers is not None and not settled:
+                breakers.abandon(provider.name)
     if last is not None:
         return last
     if not candidates:
         return "-", SendResult(
             outcome=Outcome.FAILED, detail=f"no {channel} provider serves platform {target.platform}"
         )
-    # Wait for the first circuit to allow a trial, rather than burn attempts while every provider is paused.
-    wait = min((deps.breakers.reopens_in(p.name) for p in candidates), default=0.0) if deps.breakers else 0.0
+    # Wait for the first provider to be tried again, rather than burn attempts while every one is paused.
+    wait = min((breakers.reopens_in(p.name) for p in candidates), default=0.0) if breakers else 0.0
     paused = SendResult(
         outcome=Outcome.RETRY,
         error_code="circuit_open",
-        detail=f"every {channel} provider is paused after failures",
-        retry_after=max(wait, 1.0),
+        detail=f"every {channel} provider is paused",
+        retry_after=max(wait, MIN_PAUSE),
     )
     _record_attempt(deps, row, channel, "-", target, paused, deps.clock.now(), 0)
     return "-", paused
+
+
+def _hinted(result: SendResult) -> bool:
+    """The provider said how long to wait (Retry-After, X-RateLimit-Reset)."""
+    return result.retry_after is not None and result.retry_after > 0
+
+
+def _judge(breakers: CircuitBreakers, provider: str, result: SendResult) -> None:
+    """A wait the provider asked for pauses it for exactly that long; other transient answers count as failures."""
+    if result.outcome is Outcome.RETRY and _hinted(result):
+        breakers.pause(provider, result.retry_after or 0.0)
+    elif result.outcome in (Outcome.RETRY, Outcome.CONFIG_ERROR):
+        breakers.failure(provider)
+    else:
+        breakers.success(provider)
 
 
 def _supports(provider: Provider, platform: str | None) -> bool:
@@ -396,6 +445,41 @@ def _supports(provider: Provider, platform: str | None) -> bool:
 
 
 def _record_attempt(
+    deps: DeliveryDeps,
+    row: Notification,
+    channel: Channel,
+    provider: str,
+    target: _Target,
+    result: SendResult,
+    started: datetime,
+    elapsed_ms: int,
+) -> None:
+    """Write one provider call down (and what it tells: an opt-out, a dead token) before anything else happens.
+
+    A lost connection is retried for ``record_retry_seconds``; after that the write is parked with the heartbeat
+    and :class:`AnswerNotRecorded` stops this row, which stays held until the write lands. Never sent twice.
+    """
+    write = partial(_write_attempt, deps, row, channel, provider, target, result, started, elapsed_ms)
+    try:
+        retry_transient(write, seconds=deps.settings.record_retry_seconds)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        deps.leases.park(id_of(row), write)
+        raise AnswerNotRecorded(f"notification {row.id}: provider answer parked until the database is back") from exc
+    log.info(
+        "delivery.attempt",
+        notification_id=row.id,
+        channel=str(channel),
+        provider=provider,
+        target=target.key,
+        outcome=result.outcome.value,
+        error_code=result.error_code,
+        duration_ms=elapsed_ms,
+    )
+
+
+def _write_attempt(
     deps: DeliveryDeps,
     row: Notification,
     channel: Channel,
@@ -444,16 +528,6 @@ def _record_attempt(
                     dead_reason=(result.error_code or "token dead")[:200],
                 )
             )
-    log.info(
-        "delivery.attempt",
-        notification_id=row.id,
-        channel=str(channel),
-        provider=provider,
-        target=target.key,
-        outcome=result.outcome.value,
-        error_code=result.error_code,
-        duration_ms=elapsed_ms,
-    )
 
 
 def _conclude(
@@ -507,14 +581,16 @@ def _plural(count: int, noun: str) -> str:
 
 
 def _retry_delay(deps: DeliveryDeps, attempt: int, waiting: list[SendResult]) -> float:
-    """Exponential backoff with jitter, never sooner than the provider asked."""
+    """When every wait was named by the provider (or a paused circuit), exactly that, plus up to 10% jitter so
+    the waiting rows do not all come back in the same millisecond; else exponential backoff with jitter."""
     cfg = deps.settings
-    base = min(cfg.max_backoff_seconds, cfg.min_backoff_seconds * 2 ** max(0, attempt - 1))
-    delay = base * deps.rng.uniform(0.5, 1.0)
     asked = max((r.retry_after or 0.0) for r in waiting)
     if any(r.outcome is Outcome.CONFIG_ERROR for r in waiting):
         asked = max(asked, CONFIG_ERROR_MIN_DELAY)
-    return float(max(delay, asked))
+    if all(_hinted(r) for r in waiting):
+        return asked * deps.rng.uniform(1.0, 1.1)
+    base = min(cfg.max_backoff_seconds, cfg.min_backoff_seconds * 2 ** max(0, attempt - 1))
+    return float(max(base * deps.rng.uniform(0.5, 1.0), asked))
 
 
 @dataclass(frozen=True)
@@ -547,11 +623,17 @@ def _settle(
     throttled: bool = False,
 ) -> Report:
     settlement = _Settlement(notification_id, state, reason, not_before, retry_in, uncount, throttled)
-    with session_scope(deps.engine) as session:
-        row = session.get(Notification, notification_id)
-        if row is None:
-            return Report(notification_id, None, "patient erased while sending")
-        _apply(session, row, settlement, deps.clock.now())
+
+    def write() -> bool:
+        with session_scope(deps.engine) as session:
+            row = session.get(Notification, notification_id)
+            if row is None:
+                return False
+            _apply(session, row, settlement, deps.clock.now(), deps.leases.holder)
+            return True
+
+    if not retry_transient(write, seconds=deps.settings.record_retry_seconds):
+        return Report(notification_id, None, "patient erased while sending")
     return settlement.report()
 
 
@@ -575,23 +657,34 @@ class _BatchSettle:
     def flush(self) -> None:
         if not self._pending:
             return
-        now = self._deps.clock.now()
-        with session_scope(self._deps.engine) as session:
-            ids = [s.notification_id for s in self._pending]
-            rows = {r.id: r for r in session.scalars(select(Notification).where(col(Notification.id).in_(ids)))}
-            for settlement in self._pending:
-                row = rows.get(settlement.notification_id)
-                if row is not None:  # else: the patient was erased while sending
-                    _apply(session, row, settlement, now)
+        deps = self._deps
+
+        def write() -> None:
+            now = deps.clock.now()
+            with session_scope(deps.engine) as session:
+                ids = [s.notification_id for s in self._pending]
+                rows = {r.id: r for r in session.scalars(select(Notification).where(col(Notification.id).in_(ids)))}
+                for settlement in self._pending:
+                    row = rows.get(settlement.notification_id)
+                    if row is not None:  # else: the patient was erased while sending
+                        _apply(session, row, settlement, now, deps.leases.holder)
+
+        retry_transient(write, seconds=deps.settings.record_retry_seconds)
         self._pending.clear()
 
 
-def _apply(session: Session, row: Notification, settlement: _Settlement, now: datetime) -> None:
+def _apply(session: Session, row: Notification, settlement: _Settlement, now: datetime, holder: str) -> None:
+    """Settle a row this worker still holds. A row it no longer holds (already settled by this very write, whose
+    commit answer was lost, or re-claimed after this worker's lease lapsed) belongs to someone else now."""
+    if row.state != State.SENDING or row.claimed_by != holder:
+        log.warning("notification.claim_lost", notification_id=row.id, state=str(row.state))
+        return
     state = settlement.state
     transition(session, row, state, reason=settlement.reason, now=now)
     if state in (State.RETRYING, State.DEFERRED):
         row.not_before = settlement.not_before
         row.lease_until = None
+        row.claimed_by = None
         # A retry's broker message becomes visible at not_before; a deferral has none (the relay queues it).
         row.enqueued_at = settlement.not_before if state is State.RETRYING else None
         if settlement.uncount:
@@ -606,7 +699,7 @@ def _release_after_error(deps: DeliveryDeps, notification_id: int, exc: Exceptio
     try:
         with session_scope(deps.engine) as session:
             row = session.get(Notification, notification_id)
-            if row is None or row.state != State.SENDING:
+            if row is None or row.state != State.SENDING or row.claimed_by != deps.leases.holder:
                 return
             reason = f"internal error ({type(exc).__name__}); will retry"
             if row.attempt_count >= deps.settings.max_attempts:
@@ -622,5 +715,6 @@ def _release_after_error(deps: DeliveryDeps, notification_id: int, exc: Exceptio
             row.not_before = now + timedelta(seconds=delay)
             row.enqueued_at = row.not_before
             row.lease_until = None
+            row.claimed_by = None
     except Exception:  # the database itself may be what failed; the lease will run out and the relay recovers
         log.exception("delivery.release_failed", notification_id=notification_id)

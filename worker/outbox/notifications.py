@@ -1,4 +1,4 @@
-"""Creating notifications (the outbox), moving them through the state machine, and the outbox relay."""
+"""Creating notifications (the outbox rows) and moving them through the state machine."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
@@ -18,7 +18,7 @@ from worker.clock import Clock
 from worker.db import session_scope
 from worker.errors import IllegalTransition, InvalidInput, NotFound
 from worker.models import Notification, NotificationEvent, Patient
-from worker.states import CLAIMABLE, TERMINAL, State, can_transition
+from worker.states import TERMINAL, State, can_transition
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +46,7 @@ def transition(
     if target in TERMINAL:
         notification.finished_at = now
         notification.lease_until = None
+        notification.claimed_by = None
     session.add(notification)
     session.add(
         NotificationEvent(
@@ -194,165 +195,7 @@ def mark_enqueued(engine: Engine, notification_ids: Sequence[int], at: datetime)
         )
 
 
-def claim(engine: Engine, clock: Clock, notification_id: int, *, lease: timedelta) -> Notification | None:
-    """Compare-and-set the row to SENDING; ``None`` if another worker has it or it is not due/claimable.
-
-    A SENDING row whose lease ran out (its worker died mid-send) may be claimed again.
-    """
-    now = clock.now()
-    with session_scope(engine) as session:
-        row = session.get(Notification, notification_id)
-        if row is None:
-            return None
-        observed = State(row.state)
-        claimable, stale_lease = _claimable(row, now)
-        if not claimable:
-            return None
-        result = session.execute(
-            update(Notification)
-            .where(
-                col(Notification.id) == notification_id,
-                col(Notification.state) == observed,
-                col(Notification.updated_at) == row.updated_at,
-            )
-            .values(
-                state=State.SENDING,
-                lease_until=now + lease,
-                attempt_count=col(Notification.attempt_count) + 1,
-                updated_at=now,
-            )
-            .execution_options(synchronize_session=False)
-        )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
-            return None
-        reason = "lease expired; claimed again" if stale_lease else "claimed"
-        session.add(
-            NotificationEvent(
-                notification_id=notification_id,
-                from_state=observed,
-                to_state=State.SENDING,
-                reason=reason,
-                at=now,
-            )
-        )
-        session.refresh(row)
-        session.expunge(row)
-        return row
-
-
-def _claimable(row: Notification, now: datetime) -> tuple[bool, bool]:
-    """(may be claimed now, because its lease ran out): due and claimable, or SENDING by a worker that died."""
-    observed = State(row.state)
-    due = row.not_before is None or row.not_before <= now
-    stale_lease = observed is State.SENDING and row.lease_until is not None and row.lease_until < now
-    return (observed in CLAIMABLE and due) or stale_lease, stale_lease
-
-
-def claim_many(
-    engine: Engine, clock: Clock, notification_ids: Sequence[int], *, lease: timedelta
-) -> list[Notification]:
-    """Claim every claimable row of a batch in one transaction; the others are left alone.
-
-    The rows are locked (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite's write lock is taken at BEGIN), so a
-    concurrent :func:`claim` of the same row fails its compare-and-set and a concurrent batch skips it.
-    """
-    now = clock.now()
-    with session_scope(engine) as session:
-        query = select(Notification).where(col(Notification.id).in_(list(notification_ids)))
-        if engine.dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)
-        claimed: list[Notification] = []
-        for row in session.scalars(query.order_by(col(Notification.id))):
-            claimable, stale_lease = _claimable(row, now)
-            if not claimable:
-                continue
-            session.add(
-                NotificationEvent(
-                    notification_id=id_of(row),
-                    from_state=row.state,
-                    to_state=State.SENDING,
-                    reason="lease expired; claimed again" if stale_lease else "claimed",
-                    at=now,
-                )
-            )
-            row.state = State.SENDING
-            row.lease_until = now + lease
-            row.attempt_count += 1
-            row.updated_at = now
-            claimed.append(row)
-        session.flush()
-        for row in claimed:
-            session.expunge(row)
-    return claimed
-
-
 OPEN_STATES = (State.PENDING, State.DEFERRED, State.RETRYING)
-
-
-def _due_conditions(now: datetime, grace: timedelta, requeue_after: timedelta) -> list[ColumnElement[bool]]:
-    """Three index range scans (``ix_notification_due`` on state, not_before), so a tick costs what is due,
-    not what exists: scheduled rows that came due, immediate rows nobody queued, and orphaned claims."""
-    unqueued = or_(col(Notification.enqueued_at).is_(None), col(Notification.enqueued_at) <= now - requeue_after)
-    scheduled = and_(col(Notification.state).in_(OPEN_STATES), col(Notification.not_before) <= now, unqueued)
-    immediate = and_(
-        col(Notification.state).in_(OPEN_STATES),
-        col(Notification.not_before).is_(None),
-        or_(
-            and_(col(Notification.enqueued_at).is_(None), col(Notification.created_at) <= now - grace),
-            col(Notification.enqueued_at) <= now - requeue_after,
-        ),
-    )
-    orphaned = and_(col(Notification.state) == State.SENDING, col(Notification.lease_until) < now)
-    return [scheduled, immediate, orphaned]
-
-
-def relay(
-    engine: Engine,
-    clock: Clock,
-    enqueue: Enqueue,
-    *,
-    grace: timedelta,
-    requeue_after: timedelta,
-    batch_size: int,
-    enqueue_many: Callable[[Sequence[int]], None] | None = None,
-) -> int:
-    """Enqueue every row that is due but has no live broker message; returns how many.
-
-    Covers: a crash between commit and enqueue; a scheduled or deferred row becoming due; a broker that lost
-    its message (e.g. a Redis restart); a worker killed mid-send (lease ran out). Rows are locked with
-    ``FOR UPDATE SKIP LOCKED`` on PostgreSQL so several relays never queue the same row twice at once;
-    a duplicate message is harmless anyway because the worker's claim is a compare-and-set.
-    """
-    now = clock.now()
-    with session_scope(engine) as session:
-        ids: list[int] = []
-        for condition in _due_conditions(now, grace, requeue_after):
-            query = (
-                select(col(Notification.id))
-                .where(condition)
-                .order_by(col(Notification.id))
-                .limit(batch_size - len(ids))
-            )
-            if engine.dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            ids.extend(session.scalars(query))
-            if len(ids) >= batch_size:
-                break
-        if enqueue_many is not None:
-            enqueue_many(ids)  # in batches: 10,000 reminders due at 08:00 are not 10,000 broker messages
-        else:
-            for notification_id in ids:
-                enqueue(notification_id)
-        if ids:
-            session.execute(
-                update(Notification)
-                .where(col(Notification.id).in_(ids))
-                .values(enqueued_at=now)
-                .execution_options(synchronize_session=False)
-            )
-    if ids:
-        log.info("outbox.relayed", count=len(ids))
-    return len(ids)
 
 
 def give_up(engine: Engine, clock: Clock, notification_id: int, *, retries: int) -> None:
@@ -364,6 +207,7 @@ def give_up(engine: Engine, clock: Clock, notification_id: int, *, retries: int)
             return
         if State(row.state) is State.SENDING:
             row.lease_until = None
+            row.claimed_by = None
         if can_transition(State(row.state), State.FAILED):
             transition(
                 session,

@@ -1,0 +1,6 @@
+"""Delivery: claim a row and hold it while the worker lives, decide at send time, render, call the providers
+(failover, circuit breakers, rate limits), write each answer down, settle."""
+
+from worker.delivery.send import AnswerNotRecorded, DeliveryDeps, Report, deliver, deliver_many
+
+__all__ = ["AnswerNotRecorded", "DeliveryDeps", "Report", "deliver", "deliver_many"]
