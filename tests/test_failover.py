@@ -12,7 +12,7 @@ from worker.consent import current_consent
 from worker.db import session_scope
 from worker.delivery import deliver
 from worker.delivery.circuit import CircuitBreakers
-from worker.delivery.ratelimit import ProviderRateLimits
+from worker.delivery.ratelimit import MemoryBuckets, ProviderRateLimits
 from worker.states import State
 
 DOWN = SendResult(outcome=Outcome.RETRY, error_code="503")
@@ -78,13 +78,14 @@ def test_push_provider_is_chosen_by_platform(make_app) -> None:  # type: ignore[
 def test_rate_limited_send_waits_instead_of_tripping_the_quota(make_app) -> None:  # type: ignore[no-untyped-def]
     push = ScriptedProvider(name="fcm", channel=Channel.PUSH)
     app = make_app(providers=fake_providers(push=push))
-    from dramatiq.rate_limits.backends import StubBackend
-
-    app.deps.rate_limits = ProviderRateLimits(StubBackend(), {"fcm": 2}, namespace="t")
+    app.deps.rate_limits = ProviderRateLimits(MemoryBuckets(), app.clock, {"fcm": 2}, namespace="t")
     pid = create_patient(app)
     reports = [deliver(app.deps, create_notification(app, pid, channels=[Channel.PUSH])) for _ in range(3)]
     assert [r.state for r in reports] == [State.SENT, State.SENT, State.RETRYING]
     assert len(push.sent) == 2 and reports[2].retry_in is not None
+    assert load(app, 3).attempt_count == 0, "our own rate limit called no provider: not an attempt"
+    app.clock.advance(seconds=0.6)  # the bucket refills at 2 a second: one token
+    assert deliver(app.deps, 3).state is State.SENT
 
 
 def test_provider_opt_out_is_recorded_and_stops_later_texts(make_app) -> None:  # type: ignore[no-untyped-def]

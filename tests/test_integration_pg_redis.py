@@ -18,7 +18,15 @@ from sqlalchemy import func, select
 
 from integrations.base import Outcome, SendResult
 from integrations.fake import ScriptedProvider
-from tests.conftest import REDIS_URL, attempts, create_notification, create_patient, fake_providers, load
+from tests.conftest import (
+    REDIS_URL,
+    attempts,
+    create_notification,
+    create_patient,
+    fake_providers,
+    load,
+    make_settings,
+)
 from worker.categories import Channel
 from worker.db import session_scope
 from worker.delivery.claims import claim
@@ -213,3 +221,20 @@ def test_retry_through_redis_delay_queue_then_success(prod_app) -> None:  # type
     finally:
         stop_worker(app, worker)
     assert [a.outcome for a in attempts(app, nid)] == ["retry", "accepted"]
+
+
+@pytest.mark.redis
+def test_broker_epoch_tells_exactly_one_relay_that_redis_lost_its_queue(redis_namespace: str) -> None:
+    import redis as redis_lib
+
+    from worker.broker import BrokerEpoch, build_broker
+
+    settings = make_settings(broker="redis", redis_url=REDIS_URL)
+    brokers = [build_broker(settings, namespace=redis_namespace) for _ in range(2)]
+    first, second = (BrokerEpoch(b, namespace=redis_namespace) for b in brokers)
+    assert first.lost() is True, "a broker without our marker holds nothing of ours"
+    assert first.lost() is False and second.lost() is False
+    redis_lib.Redis.from_url(REDIS_URL).delete(f"{redis_namespace}:broker-epoch")  # a restart without persistence
+    assert [second.lost(), first.lost()] == [True, False], "one scheduler refills, the other does not"
+    for broker in brokers:
+        broker.close()

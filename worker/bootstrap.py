@@ -230,7 +230,7 @@ def build_app(
             # A trial outlives no HTTP call: past the client's timeout it was lost, and the next caller tries.
             trial_timeout=timedelta(seconds=2 * settings.provider.http_timeout_seconds),
         ),
-        rate_limits=build_rate_limits(broker, settings.provider.rate_limits_per_second, namespace=namespace),
+        rate_limits=build_rate_limits(broker, clock, settings.provider.rate_limits_per_second, namespace=namespace),
     )
     actors = declare_actors(broker, deps, queue_name=settings.queue_name)
     relay_job = Relay(

@@ -14,6 +14,10 @@ def configure_logging(settings: Settings) -> None:
     """Called once by each process entry point (never at import)."""
     level = getattr(logging, settings.log_level.upper(), logging.INFO)
     logging.basicConfig(stream=sys.stderr, level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    # Two lines per job run (the relay runs every second) are noise, not news; and httpx logs request URLs,
+    # which carry APNs device tokens. Their warnings and errors still show.
+    for noisy in ("apscheduler.executors", "apscheduler.scheduler", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
         if settings.log_format == "json"

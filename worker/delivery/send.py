@@ -387,8 +387,9 @@ def _send_with_failover(
         settled = False  # every call let through gets a verdict, or frees the trial slot (see finally)
         try:
             started = deps.clock.now()
-            if deps.rate_limits is not None and not deps.rate_limits.acquire(provider.name):
-                result = SendResult(outcome=Outcome.RETRY, error_code=RATE_LIMITED, retry_after=1.0)
+            grant = deps.rate_limits.reserve(provider.name, 1) if deps.rate_limits is not None else None
+            if grant is not None and grant.granted < 1:
+                result = SendResult(outcome=Outcome.RETRY, error_code=RATE_LIMITED, retry_after=max(grant.wait, 0.05))
                 _record_attempt(deps, row, channel, provider.name, target, result, started, 0)
                 last = (provider.name, result)
                 continue
