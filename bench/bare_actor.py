@@ -24,3 +24,29 @@ def post_batch(keys: list[str]) -> None:
     """The fan-out baseline: a chunk of recipients per message, one POST each (as ``deliver_batch`` does)."""
     for key in keys:
         client.post(os.environ["BENCH_SINK_URL"], json={"idempotency_key": key}).raise_for_status()
+
+
+def sendgrid_single(key: str) -> dict[str, object]:
+    """One marketing email in SendGrid's single-send shape (what ``SendGridEmailProvider.send`` posts): one
+    personalization, her unsubscribe headers and ``custom_args.notification_id`` (= ``key``, which the sink counts)
+    at the top level."""
+    url = f"https://notify.example/v1/unsubscribe/bench{key}"
+    return {
+        "personalizations": [{"to": [{"email": f"bench{key}@example.org"}]}],
+        "from": {"email": "care@partum.example", "name": "Partum Health"},
+        "subject": "Join a free class",
+        "content": [{"type": "text/plain", "value": f"New group classes are open for sign-up in the app.\n\n{url}"}],
+        "custom_args": {"notification_id": key},
+        "categories": ["marketing"],
+        "headers": {"List-Unsubscribe": f"<{url}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"},
+        "asm": {"group_id": 1},
+    }
+
+
+@dramatiq.actor(queue_name="bare", max_retries=3)
+def post_emails(keys: list[str]) -> None:
+    """The email baseline: a chunk of recipients per message, one SendGrid single send each (the sink's
+    ``/v3/mail/send``, answered 202), as a bare actor would without personalizations."""
+    url = str(httpx.URL(os.environ["BENCH_SINK_URL"]).copy_with(path="/v3/mail/send"))
+    for key in keys:
+        client.post(url, json=sendgrid_single(key), headers={"authorization": "Bearer bench"}).raise_for_status()

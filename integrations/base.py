@@ -6,9 +6,10 @@ provider answer; it raises only for programming errors. Network failures become 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 from worker.categories import Channel
 
@@ -62,6 +63,66 @@ class Provider(Protocol):
     channel: Channel
 
     def send(self, *, message: OutboundMessage) -> SendResult: ...
+
+
+#: ``error_code`` of a :meth:`BulkProvider.send_many` result whose message was never put on the wire: an earlier
+#: request of the same call was refused as a whole (429, 5xx, 401/403, network), so the rest of the call was not
+#: sent. Its outcome and ``retry_after`` are the refusal's; it called no provider, so it is not an attempt.
+NOT_SENT = "not_sent"
+
+
+class BulkProvider(Provider, Protocol):
+    """A provider that can also take many messages in one call (SendGrid personalizations, the in-app batch).
+
+    ``send_many`` returns exactly one :class:`SendResult` per message, in the order given, and never raises for a
+    provider answer (only for programming errors). Whatever the call needs is its own business: it groups what
+    cannot share a request, and splits into requests of at most ``max_batch`` recipients.
+
+    - A per-recipient answer maps like :meth:`Provider.send`'s answer for that recipient would.
+    - A whole-request refusal (429, 5xx, 401/403, a network error) gives every message of that request the same
+      outcome, error code and ``retry_after`` (``Retry-After`` / ``X-RateLimit-Reset``) as ``send`` would; the
+      call then stops, and every message it had not sent yet gets that outcome too, with ``error_code``
+      :data:`NOT_SENT` (no attempt: count it like a paused circuit, not like a provider answer).
+    - Accepted messages carry the provider's reference (for SendGrid: the request's ``X-Message-Id``, shared by
+      every recipient of that request; events come back per recipient with our ``notification_id``).
+    """
+
+    #: The most recipients one request takes; callers get best throughput passing up to this many at once.
+    max_batch: int
+
+    def send_many(self, *, messages: Sequence[OutboundMessage]) -> list[SendResult]: ...
+
+
+def supports_bulk(provider: object) -> TypeGuard[BulkProvider]:
+    """Whether ``provider`` offers :meth:`BulkProvider.send_many` (with a usable ``max_batch``); narrows the type."""
+    max_batch = getattr(provider, "max_batch", None)
+    return (
+        callable(getattr(provider, "send_many", None))
+        and callable(getattr(provider, "send", None))
+        and isinstance(max_batch, int)
+        and not isinstance(max_batch, bool)
+        and max_batch > 0
+    )
+
+
+def not_sent(refusal: SendResult) -> SendResult:
+    """The result of a message a bulk call did not send because ``refusal`` stopped it (see :data:`NOT_SENT`)."""
+    return SendResult(
+        outcome=refusal.outcome,
+        error_code=NOT_SENT,
+        detail=f"not sent: an earlier request of this batch got {refusal.error_code}",
+        retry_after=refusal.retry_after,
+    )
+
+
+def complete(results: Sequence[SendResult | None]) -> list[SendResult]:
+    """A bulk call's results, checked: every message has one (a gap is a programming error)."""
+    out: list[SendResult] = []
+    for result in results:
+        if result is None:
+            raise AssertionError("send_many left a message without a result")
+        out.append(result)
+    return out
 
 
 def mask(address: str) -> str:

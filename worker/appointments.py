@@ -147,10 +147,21 @@ def stale_reason(session: Session, context: dict[str, object], now: datetime) ->
     if not isinstance(appointment_id, int):
         return None
     appointment = session.get(Appointment, appointment_id)
-    if appointment is None or appointment.status == AppointmentStatus.CANCELLED:
+    if appointment is None:
+        return stale_for(context, None, None, None, now)
+    return stale_for(context, appointment.status, appointment.version, appointment.starts_at, now)
+
+
+def stale_for(
+    context: dict[str, object], status: str | None, version: int | None, starts_at: datetime | None, now: datetime
+) -> tuple[str, str] | None:
+    """:func:`stale_reason` on the appointment's facts as read (``status`` None: the appointment is gone)."""
+    if not isinstance(context.get(CONTEXT_KEY), int):
+        return None
+    if status is None or status == AppointmentStatus.CANCELLED:
         return "cancelled", "appointment cancelled"
-    if context.get("version") != appointment.version:
+    if context.get("version") != version:
         return "cancelled", "appointment rescheduled; this reminder was for the old time"
-    if appointment.starts_at <= now:
+    if starts_at is not None and starts_at <= now:
         return "expired", "appointment already started"
     return None

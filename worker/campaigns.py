@@ -577,7 +577,12 @@ def stale_reason(session: Session, campaign_id: int | None) -> tuple[str, str] |
     if campaign_id is None:
         return None
     campaign = session.get(Campaign, campaign_id)  # the session's identity map serves a batch's other rows
-    if campaign is not None and campaign.state == CampaignState.CANCELLED:
+    return stale_for(campaign.state if campaign is not None else None)
+
+
+def stale_for(state: str | None) -> tuple[str, str] | None:
+    """:func:`stale_reason` on the campaign's state as read."""
+    if state == CampaignState.CANCELLED:
         return "cancelled", "campaign cancelled"
     return None
 

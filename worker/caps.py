@@ -8,7 +8,7 @@ tell a patient a clinician wrote.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -58,10 +58,8 @@ def recent_counts_of(
             )
         )
     }
-    day, week = now - timedelta(hours=24), now - timedelta(days=7)
-    marketing: dict[int, set[int]] = defaultdict(set)
-    texts_day: dict[int, set[int]] = defaultdict(set)
-    texts_week: dict[int, set[int]] = defaultdict(set)
+    week = now - timedelta(days=7)
+    accepted: list[tuple[int, int, str, str, datetime]] = []
     if owners:
         for notification_id, channel, started_at in session.execute(
             select(
@@ -73,13 +71,27 @@ def recent_counts_of(
             )
         ):
             patient_id, category = owners[notification_id]
-            if category == Category.MARKETING:
-                if started_at > day:
-                    marketing[patient_id].add(notification_id)
-            elif channel == Channel.SMS:
-                texts_week[patient_id].add(notification_id)
-                if started_at > day:
-                    texts_day[patient_id].add(notification_id)
+            accepted.append((patient_id, notification_id, category, channel, started_at))
+    return counts_from(accepted, patient_ids, now)
+
+
+def counts_from(
+    accepted: Iterable[tuple[int, int, str, str, datetime]], patient_ids: Iterable[int], now: datetime
+) -> dict[int, Counts]:
+    """The caps' counts from accepted attempts ``(patient, notification, category, channel, started_at)`` of the
+    last week in the capped categories (each notification counted once)."""
+    day = now - timedelta(hours=24)
+    marketing: dict[int, set[int]] = defaultdict(set)
+    texts_day: dict[int, set[int]] = defaultdict(set)
+    texts_week: dict[int, set[int]] = defaultdict(set)
+    for patient_id, notification_id, category, channel, started_at in accepted:
+        if category == Category.MARKETING:
+            if started_at > day:
+                marketing[patient_id].add(notification_id)
+        elif channel == Channel.SMS:
+            texts_week[patient_id].add(notification_id)
+            if started_at > day:
+                texts_day[patient_id].add(notification_id)
     return {
         pid: Counts(
             marketing_24h=len(marketing[pid]),

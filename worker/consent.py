@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from sqlalchemy import select
@@ -63,3 +63,8 @@ def consent_of(session: Session, patient_ids: Sequence[int]) -> dict[int, Consen
     for patient_id, channel, category, granted in rows:
         states[patient_id][(channel, category)] = granted
     return states
+
+
+def consent_from(events: Iterable[tuple[str, str | None, bool]]) -> ConsentState:
+    """A patient's consent from her ledger entries ``(channel, category, granted)`` in ledger order."""
+    return {(channel, category): granted for channel, category, granted in events}

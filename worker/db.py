@@ -57,7 +57,7 @@ def make_engine(url: str) -> Engine:
     except Exception as exc:  # sqlalchemy raises ArgumentError with the URL in it; do not echo credentials
         raise ConfigError("CARENOTIFY_DATABASE_URL is not a valid database URL") from exc
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -76,7 +76,10 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    # No ping per checkout (a round trip on every transaction): a connection found dead is retried where it matters
+    # (retry_transient on the send path, the next tick for jobs), and SQLAlchemy then recycles the whole pool.
+    # Parameters stay out of error messages and logs: they carry phone numbers and email addresses.
+    return create_engine(url, pool_size=10, max_overflow=10, hide_parameters=True)
 
 
 @contextmanager

@@ -127,8 +127,15 @@ def stale_reason(session: Session, context: dict[str, object]) -> tuple[str, str
     if not isinstance(assignment_id, int):
         return None
     assignment = session.get(SurveyAssignment, assignment_id)
-    if assignment is None:
+    return stale_for(context, assignment is not None, assignment.completed_at if assignment else None)
+
+
+def stale_for(context: dict[str, object], found: bool, completed_at: datetime | None) -> tuple[str, str] | None:
+    """:func:`stale_reason` on the assignment's facts as read."""
+    if not isinstance(context.get(CONTEXT_KEY), int):
+        return None
+    if not found:
         return "cancelled", "survey assignment withdrawn"
-    if assignment.completed_at is not None:
+    if completed_at is not None:
         return "cancelled", "survey completed"
     return None

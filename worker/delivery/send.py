@@ -19,7 +19,7 @@ from functools import partial
 from typing import Any
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
@@ -30,6 +30,7 @@ from worker.categories import Category, Channel
 from worker.clock import Clock
 from worker.consent import ConsentState, consent_of, record_consent
 from worker.db import is_transient, retry_transient, session_scope
+from worker.delivery import pg
 from worker.delivery.circuit import CircuitBreakers
 from worker.delivery.claims import NOT_CLAIMABLE, Leases, NotDue, claim, claim_many
 from worker.delivery.policy import decide
@@ -48,6 +49,9 @@ CONFIG_ERROR_MIN_DELAY = 300.0
 RATE_LIMITED = "rate_limited"
 #: Error codes of a wait that called no provider.
 PAUSED = frozenset({"circuit_open", RATE_LIMITED})
+NO_LONGER_HELD = "no longer held: erased while sending, or claimed again after this worker's lease lapsed"
+#: The table every provider call is written to (Core inserts: no ORM object on the hot path).
+ATTEMPTS = DeliveryAttempt.metadata.tables["delivery_attempt"]
 #: The shortest wait for a paused provider, so a row never spins.
 MIN_PAUSE = 0.5
 
@@ -115,14 +119,23 @@ class _ChannelResult:
 def deliver(deps: DeliveryDeps, notification_id: int) -> Report:
     """Run the send-time path for one notification. Safe to call any number of times for the same id."""
     leases = deps.leases
-    row = claim(deps.engine, deps.clock, notification_id, lease=leases.lease, holder=leases.holder)
-    if isinstance(row, NotDue):
-        return _not_due(deps, notification_id, row)
-    if row is None:
-        return Report(notification_id, None, NOT_CLAIMABLE)
+    if _on_postgresql(deps):
+        got = _claim_and_read(deps, notification_id)
+        if not isinstance(got, tuple):
+            return got
+        row, facts = got
+    else:
+        claimed = claim(deps.engine, deps.clock, notification_id, lease=leases.lease, holder=leases.holder)
+        if isinstance(claimed, NotDue):
+            return _not_due(deps, notification_id, claimed)
+        if claimed is None:
+            return Report(notification_id, None, NOT_CLAIMABLE)
+        row, facts = claimed, None
     leases.hold([notification_id])
     try:
-        return _deliver_claimed(deps, row, _load_facts(deps, [row])[id_of(row)], partial(_settle, deps))
+        if facts is None:
+            facts = _load_facts(deps, [row])[id_of(row)]
+        return _deliver_claimed(deps, row, facts, partial(_settle, deps))
     except AnswerNotRecorded:
         raise
     except Exception as exc:
@@ -130,6 +143,34 @@ def deliver(deps: DeliveryDeps, notification_id: int) -> Report:
         raise
     finally:
         leases.release([notification_id])
+
+
+def _on_postgresql(deps: DeliveryDeps) -> bool:
+    return deps.engine.dialect.name == "postgresql"
+
+
+def _claim_and_read(deps: DeliveryDeps, notification_id: int) -> tuple[Notification, _Facts] | Report:
+    """PostgreSQL: the claim, its event and every send-time fact in one statement (:mod:`worker.delivery.pg`)."""
+    now = deps.clock.now()
+    leases = deps.leases
+    got = retry_transient(
+        partial(pg.claim_and_read, deps.engine, notification_id, now=now, lease=leases.lease, holder=leases.holder),
+        seconds=deps.settings.record_retry_seconds,
+    )
+    if isinstance(got, datetime):
+        return _not_due(deps, notification_id, NotDue(got))
+    if got is None:
+        return Report(notification_id, None, NOT_CLAIMABLE)
+    facts = _Facts(
+        patient=got.patient,
+        devices=got.devices,
+        preferences=got.preferences,
+        accepted_before=got.accepted_before,
+        consent=got.consent,
+        counts=pg.counts(got, now),
+        stale=got.stale,
+    )
+    return got.row, facts
 
 
 def _not_due(deps: DeliveryDeps, notification_id: int, not_due: NotDue) -> Report:
@@ -146,7 +187,10 @@ def deliver_many(deps: DeliveryDeps, notification_ids: Sequence[int]) -> list[Re
     row back for a retry (its report carries the error) and the batch goes on.
     """
     leases = deps.leases
-    rows, later = claim_many(deps.engine, deps.clock, notification_ids, lease=leases.lease, holder=leases.holder)
+    rows, later = retry_transient(
+        partial(claim_many, deps.engine, deps.clock, notification_ids, lease=leases.lease, holder=leases.holder),
+        seconds=deps.settings.record_retry_seconds,
+    )
     claimed = [id_of(row) for row in rows]
     reports = {nid: Report(nid, None, NOT_CLAIMABLE) for nid in notification_ids}
     reports.update({nid: _not_due(deps, nid, not_due) for nid, not_due in later.items()})
@@ -490,22 +534,25 @@ def _write_attempt(
     started: datetime,
     elapsed_ms: int,
 ) -> None:
+    values = {
+        "notification_id": row.id or 0,
+        "channel": channel.value,
+        "provider": provider,
+        "target": target.key,
+        "device_id": target.device_id,
+        "outcome": result.outcome.value,
+        "provider_ref": result.provider_ref,
+        "error_code": result.error_code,
+        "detail": (result.detail or "")[:500] or None,
+        "started_at": started,
+        "duration_ms": elapsed_ms,
+    }
+    if _on_postgresql(deps) and result.outcome not in (Outcome.OPTED_OUT, Outcome.TOKEN_DEAD):
+        with pg.autocommit(deps.engine) as conn:  # one round trip
+            conn.execute(insert(ATTEMPTS), values)
+        return
     with session_scope(deps.engine) as session:
-        session.add(
-            DeliveryAttempt(
-                notification_id=row.id or 0,
-                channel=channel,
-                provider=provider,
-                target=target.key,
-                device_id=target.device_id,
-                outcome=result.outcome.value,
-                provider_ref=result.provider_ref,
-                error_code=result.error_code,
-                detail=(result.detail or "")[:500] or None,
-                started_at=started,
-                duration_ms=elapsed_ms,
-            )
-        )
+        session.execute(insert(ATTEMPTS), values)
         if result.outcome is Outcome.OPTED_OUT:
             # Twilio 21610: the number replied STOP, so no more texts at all; an email report stops marketing.
             record_consent(
@@ -582,14 +629,15 @@ def _plural(count: int, noun: str) -> str:
 
 
 def _retry_delay(deps: DeliveryDeps, attempt: int, waiting: list[SendResult]) -> float:
-    """When every wait was named by the provider (or a paused circuit), exactly that, plus up to 10% jitter so
-    the waiting rows do not all come back in the same millisecond; else exponential backoff with jitter."""
+    """When every wait was named by the provider (or a paused circuit), exactly that, plus a jitter of up to 10%
+    (at most a second) so the waiting rows do not all come back in the same millisecond; else exponential backoff
+    with jitter."""
     cfg = deps.settings
     asked = max((r.retry_after or 0.0) for r in waiting)
     if any(r.outcome is Outcome.CONFIG_ERROR for r in waiting):
         asked = max(asked, CONFIG_ERROR_MIN_DELAY)
     if all(_hinted(r) for r in waiting):
-        return asked * deps.rng.uniform(1.0, 1.1)
+        return asked + deps.rng.uniform(0.0, min(1.0, asked * 0.1))
     base = min(cfg.max_backoff_seconds, cfg.min_backoff_seconds * 2 ** max(0, attempt - 1))
     return float(max(base * deps.rng.uniform(0.5, 1.0), asked))
 
@@ -624,17 +672,30 @@ def _settle(
     throttled: bool = False,
 ) -> Report:
     settlement = _Settlement(notification_id, state, reason, not_before, retry_in, uncount, throttled)
+    holder = deps.leases.holder
 
     def write() -> bool:
+        if _on_postgresql(deps):
+            written = pg.settle(
+                deps.engine,
+                notification_id,
+                state=state,
+                reason=reason,
+                now=deps.clock.now(),
+                holder=holder,
+                not_before=not_before,
+                uncount=uncount,
+            )
+            if written:
+                log.info("notification.settled", notification_id=notification_id, state=str(state))
+            return written
         with session_scope(deps.engine) as session:
             row = session.get(Notification, notification_id)
-            if row is None:
-                return False
-            _apply(session, row, settlement, deps.clock.now(), deps.leases.holder)
-            return True
+            return row is not None and _apply(session, row, settlement, deps.clock.now(), holder)
 
     if not retry_transient(write, seconds=deps.settings.record_retry_seconds):
-        return Report(notification_id, None, "patient erased while sending")
+        log.warning("notification.claim_lost", notification_id=notification_id)
+        return Report(notification_id, None, NO_LONGER_HELD)
     return settlement.report()
 
 
@@ -667,19 +728,18 @@ class _BatchSettle:
                 rows = {r.id: r for r in session.scalars(select(Notification).where(col(Notification.id).in_(ids)))}
                 for settlement in self._pending:
                     row = rows.get(settlement.notification_id)
-                    if row is not None:  # else: the patient was erased while sending
-                        _apply(session, row, settlement, now, deps.leases.holder)
+                    if row is None or not _apply(session, row, settlement, now, deps.leases.holder):
+                        log.warning("notification.claim_lost", notification_id=settlement.notification_id)
 
         retry_transient(write, seconds=deps.settings.record_retry_seconds)
         self._pending.clear()
 
 
-def _apply(session: Session, row: Notification, settlement: _Settlement, now: datetime, holder: str) -> None:
-    """Settle a row this worker still holds. A row it no longer holds (already settled by this very write, whose
-    commit answer was lost, or re-claimed after this worker's lease lapsed) belongs to someone else now."""
+def _apply(session: Session, row: Notification, settlement: _Settlement, now: datetime, holder: str) -> bool:
+    """Settle a row this worker still holds; False if it no longer does (already settled by this very write,
+    whose commit answer was lost, or re-claimed after this worker's lease lapsed): it is someone else's now."""
     if row.state != State.SENDING or row.claimed_by != holder:
-        log.warning("notification.claim_lost", notification_id=row.id, state=str(row.state))
-        return
+        return False
     state = settlement.state
     transition(session, row, state, reason=settlement.reason, now=now)
     if state in (State.RETRYING, State.DEFERRED):
@@ -691,6 +751,7 @@ def _apply(session: Session, row: Notification, settlement: _Settlement, now: da
         if settlement.uncount:
             row.attempt_count = max(0, row.attempt_count - 1)
     log.info("notification.settled", notification_id=row.id, state=str(state))
+    return True
 
 
 def _release_after_error(deps: DeliveryDeps, notification_id: int, exc: Exception) -> None:

@@ -8,14 +8,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import JSON, bindparam, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
 from worker.categories import Category, Channel
 from worker.clock import Clock
-from worker.db import session_scope
+from worker.db import retry_transient, session_scope
 from worker.errors import IllegalTransition, InvalidInput, NotFound
 from worker.models import Notification, NotificationEvent, Patient
 from worker.states import TERMINAL, State, can_transition
@@ -93,37 +93,95 @@ def submit(
     if expires_at is None and ttl is not None:
         expires_at = (not_before or now) + ttl
 
+    due = not_before is None or not_before <= now
+    fields = {
+        "patient_id": patient_id,
+        "category": category,
+        "idempotency_key": idempotency_key,
+        "channels": channels,
+        "context": context,
+        "not_before": not_before,
+        "expires_at": expires_at,
+        # Stamped as queued in the same statement: the message goes right after the commit (or the stamp is undone).
+        "enqueued_at": now if due else None,
+    }
+    found = _insert_pg(engine, now, **fields) if engine.dialect.name == "postgresql" else None
+    if found is None:
+        found = _insert_portable(engine, now, **fields)
+    notification_id, created = found
+    if not created:
+        return Submitted(notification_id=notification_id, created=False)
+    if due:
+        try:
+            enqueue(notification_id)
+        except Exception:
+            unmark_enqueued(engine, [notification_id], now)  # the relay queues it after the grace period
+            raise
+    log.info("notification.created", notification_id=notification_id, category=str(category))
+    return Submitted(notification_id=notification_id, created=True)
+
+
+_SUBMIT_PG = text(
+    """
+WITH created AS (
+    INSERT INTO notification (patient_id, category, channels, context, idempotency_key, state, not_before,
+                              expires_at, attempt_count, enqueued_at, created_at, updated_at)
+    SELECT :patient_id, :category, :channels, :context, :idempotency_key, 'pending', :not_before,
+           :expires_at, 0, :enqueued_at, :now, :now
+     WHERE EXISTS (SELECT 1 FROM patient WHERE id = :patient_id)
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING id
+), created_event AS (
+    INSERT INTO notification_event (notification_id, from_state, to_state, reason, at)
+    SELECT id, NULL, 'pending', 'created', :now FROM created
+)
+SELECT id, true AS created FROM created
+UNION ALL
+SELECT id, false FROM notification WHERE idempotency_key = :idempotency_key
+"""
+).bindparams(bindparam("channels", type_=JSON), bindparam("context", type_=JSON))
+
+
+def _insert_pg(engine: Engine, now: datetime, **fields: Any) -> tuple[int, bool] | None:
+    """PostgreSQL: the row and its creation event in one statement, in autocommit (one round trip).
+
+    ``None`` when it could not tell (no such patient, or a concurrent writer of the same key not yet visible):
+    the portable path then answers with the precise reason.
+    """
+    values = {
+        **fields,
+        "category": Category(fields["category"]).value,
+        "channels": [Channel(c).value for c in fields["channels"]] if fields["channels"] else None,
+        "context": fields["context"] or {},
+        "now": now,
+    }
+
+    def run() -> tuple[int, bool] | None:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            rows = conn.execute(_SUBMIT_PG, values).all()
+        if not rows:
+            return None
+        created = [r for r in rows if r.created]
+        return (int(created[0].id), True) if created else (int(rows[0].id), False)
+
+    return retry_transient(run, seconds=10.0)
+
+
+def _insert_portable(engine: Engine, now: datetime, **fields: Any) -> tuple[int, bool]:
+    patient_id, idempotency_key = fields["patient_id"], fields["idempotency_key"]
     with session_scope(engine) as session:
         if session.get(Patient, patient_id) is None:
             raise NotFound(f"patient {patient_id} does not exist")
         try:
             with session.begin_nested():
-                notification_id, created = add_notification(
-                    session,
-                    now,
-                    patient_id=patient_id,
-                    category=category,
-                    idempotency_key=idempotency_key,
-                    channels=channels,
-                    context=context,
-                    not_before=not_before,
-                    expires_at=expires_at,
-                )
+                return add_notification(session, now, **fields)
         except IntegrityError:
             # Lost a race with the same key: the other writer's row stands.
             other = session.scalars(
                 select(col(Notification.id)).where(col(Notification.idempotency_key) == idempotency_key)
             ).one()
             assert other is not None
-            return Submitted(notification_id=other, created=False)
-    if not created:
-        return Submitted(notification_id=notification_id, created=False)
-
-    if not_before is None or not_before <= now:
-        enqueue(notification_id)
-        mark_enqueued(engine, [notification_id], clock.now())
-    log.info("notification.created", notification_id=notification_id, category=str(category))
-    return Submitted(notification_id=notification_id, created=True)
+            return other, False
 
 
 def add_notification(
@@ -137,6 +195,7 @@ def add_notification(
     context: dict[str, Any] | None = None,
     not_before: datetime | None = None,
     expires_at: datetime | None = None,
+    enqueued_at: datetime | None = None,
 ) -> tuple[int, bool]:
     """Insert a PENDING row in the caller's transaction (plans commit atomically with what caused them).
 
@@ -156,6 +215,7 @@ def add_notification(
         state=State.PENDING,
         not_before=not_before,
         expires_at=expires_at,
+        enqueued_at=enqueued_at,
         created_at=now,
         updated_at=now,
     )
@@ -181,6 +241,17 @@ def cancel_open(session: Session, now: datetime, *, patient_id: int, context_key
             transition(session, row, State.CANCELLED, reason=reason, now=now)
             count += 1
     return count
+
+
+def unmark_enqueued(engine: Engine, notification_ids: Sequence[int], at: datetime) -> None:
+    """Undo the stamp of rows whose enqueue failed, so the relay queues them after the grace period."""
+    with session_scope(engine) as session:
+        session.execute(
+            update(Notification)
+            .where(col(Notification.id).in_(list(notification_ids)), col(Notification.enqueued_at) == at)
+            .values(enqueued_at=None)
+            .execution_options(synchronize_session=False)
+        )
 
 
 def mark_enqueued(engine: Engine, notification_ids: Sequence[int], at: datetime) -> None:

@@ -1,0 +1,176 @@
+"""The PostgreSQL hot path (:mod:`worker.delivery.pg`): the same facts and the same decisions as the portable
+path, in a fixed, small number of round trips counted on the wire."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from bench.roundtrips import counting_round_trips
+from integrations.base import Outcome, SendResult
+from integrations.fake import ScriptedProvider
+from tests.conftest import attempts, create_notification, create_patient, fake_providers, load
+from worker.appointments import create_appointment, reschedule_appointment
+from worker.caps import CAPPED_HEALTH_TEXTS, capped
+from worker.categories import Category, Channel
+from worker.consent import record_consent
+from worker.db import session_scope
+from worker.delivery import deliver, pg
+from worker.delivery.send import _load_facts
+from worker.models import Notification
+from worker.models_consent import ConsentSource
+from worker.preferences import PreferenceChange, set_preferences
+from worker.states import State
+
+pytestmark = pytest.mark.postgres
+
+
+def _rich_patient(app) -> int:  # type: ignore[no-untyped-def]
+    """Every kind of fact the decision reads: devices (one dead), a mute, ledger entries, capped sends."""
+    pid = create_patient(app, devices=(("ios", "a"), ("android", "b")))
+    with session_scope(app.engine) as session:
+        for channel, category, granted in (("sms", None, False), ("sms", None, True), ("email", "marketing", False)):
+            record_consent(
+                session,
+                patient_id=pid,
+                channel=Channel(channel),
+                category=Category(category) if category else None,
+                granted=granted,
+                source=ConsentSource.APP,
+                actor="test",
+                at=app.clock.now(),
+            )
+    mute = PreferenceChange(category=Category.SURVEY_REMINDER, channel=Channel.PUSH, enabled=False)
+    set_preferences(app.engine, app.clock, patient_id=pid, changes=[mute], source=ConsentSource.APP, actor="test")
+    from worker.models import Device
+
+    with session_scope(app.engine) as session:
+        session.execute(update(Device).where(Device.patient_id == pid, Device.platform == "android").values(live=False))  # type: ignore[arg-type]
+    for i in range(2):  # two appointment texts accepted earlier this week
+        nid = create_notification(app, pid, category=Category.APPOINTMENT_REMINDER, channels=[Channel.SMS])
+        assert deliver(app.deps, nid).state is State.SENT, i
+        app.clock.advance(hours=25)
+    return pid
+
+
+def test_the_fast_path_reads_exactly_what_the_portable_path_reads(make_app, pg_url: str) -> None:  # type: ignore[no-untyped-def]
+    app = make_app(database_url=pg_url, migrate=False, providers=fake_providers())
+    pid = _rich_patient(app)
+    appointment = create_appointment(
+        app.engine,
+        app.clock,
+        app.settings,
+        patient_id=pid,
+        external_ref="ap-1",
+        starts_at=app.clock.now() + timedelta(days=3),
+    )
+    later = app.clock.now() + timedelta(days=4)
+    reschedule_appointment(app.engine, app.clock, app.settings, external_ref="ap-1", starts_at=later)
+    candidates = [
+        create_notification(app, pid, category=Category.APPOINTMENT_REMINDER, channels=[Channel.SMS]),
+        create_notification(
+            app,
+            pid,
+            category=Category.APPOINTMENT_REMINDER,
+            context={"appointment_id": appointment, "version": 1},  # planned for the old time
+        ),
+        create_notification(app, pid, category=Category.SURVEY_REMINDER, context={"survey_assignment_id": 999}),
+        create_notification(app, pid, category=Category.MARKETING),
+        create_notification(app, pid, category=Category.CARE_TEAM_MESSAGE),
+    ]
+    holder = app.deps.leases.holder
+    stale = []
+    for nid in candidates:
+        got = pg.claim_and_read(app.engine, nid, now=app.clock.now(), lease=timedelta(seconds=6), holder=holder)
+        assert isinstance(got, pg.Claimed), nid
+        portable = _load_facts(app.deps, [got.row])[nid]
+        assert got.row.state == State.SENDING and got.row.claimed_by == holder
+        assert got.patient is not None and portable.patient is not None
+        assert got.patient.model_dump() == portable.patient.model_dump()
+        assert [d.model_dump() for d in got.devices] == [
+            d.model_dump() for d in sorted(portable.devices, key=lambda d: d.id or 0)
+        ]
+        assert sorted((p.category, p.channel, p.enabled) for p in got.preferences) == sorted(
+            (p.category, p.channel, p.enabled) for p in portable.preferences
+        )
+        assert got.consent == portable.consent
+        # Counted only where a cap applies (a care-team notice reads no history): the same verdict either way.
+        category = Category(got.row.category)
+        assert capped(category, pg.counts(got, app.clock.now())) == capped(category, portable.counts), nid
+        if category in (Category.MARKETING, *CAPPED_HEALTH_TEXTS):
+            assert pg.counts(got, app.clock.now()) == portable.counts
+        assert got.accepted_before == portable.accepted_before
+        assert got.stale == portable.stale
+        stale.append(got.stale)
+    assert stale == [
+        None,
+        ("cancelled", "appointment rescheduled; this reminder was for the old time"),
+        ("cancelled", "survey assignment withdrawn"),
+        None,
+        None,
+    ]
+
+
+def test_stale_reminders_are_recognised_on_the_fast_path(make_app, pg_url: str) -> None:  # type: ignore[no-untyped-def]
+    app = make_app(database_url=pg_url, migrate=False, providers=fake_providers())
+    pid = create_patient(app)
+    create_appointment(
+        app.engine,
+        app.clock,
+        app.settings,
+        patient_id=pid,
+        external_ref="ap-2",
+        starts_at=app.clock.now() + timedelta(hours=3),
+    )
+    with session_scope(app.engine) as session:
+        planned = session.scalars(select(Notification).where(Notification.patient_id == pid)).all()  # type: ignore[arg-type]
+        nid, context = planned[0].id, dict(planned[0].context)
+    reschedule_appointment(
+        app.engine, app.clock, app.settings, external_ref="ap-2", starts_at=app.clock.now() + timedelta(hours=5)
+    )
+    # Pretend the old reminder escaped the reschedule's cancel (a race): send time must still catch it.
+    with session_scope(app.engine) as session:
+        session.execute(
+            update(Notification).where(Notification.id == nid).values(state="pending", not_before=None, context=context)  # type: ignore[arg-type]
+        )
+    assert deliver(app.deps, nid).state is State.CANCELLED
+    assert load(app, nid).reason == "appointment rescheduled; this reminder was for the old time"
+
+
+def test_a_care_team_notice_takes_one_round_trip_to_submit_and_three_to_deliver(make_app, pg_url: str) -> None:  # type: ignore[no-untyped-def]
+    inapp = ScriptedProvider(name="inapp", channel=Channel.INAPP)
+    app = make_app(database_url=pg_url, migrate=False, providers=fake_providers(inapp=inapp))
+    pid = create_patient(app)
+    with counting_round_trips(app.engine) as trips:
+        trips.since_mark()
+        ids = [create_notification(app, pid, channels=[Channel.INAPP]) for _ in range(3)]
+        assert trips.since_mark() == 3, "a trigger is one statement: the row and its creation event"
+        per_notice = []
+        for nid in ids:
+            trips.since_mark()
+            assert deliver(app.deps, nid).state is State.SENT
+            per_notice.append(trips.since_mark())
+    assert per_notice == [3, 3, 3], per_notice  # claim + facts, the provider's answer, the settle
+    assert all(len(attempts(app, nid)) == 1 for nid in ids)
+
+
+def test_a_retry_and_a_provider_wait_on_the_fast_path(make_app, pg_url: str) -> None:  # type: ignore[no-untyped-def]
+    inapp = ScriptedProvider(
+        name="inapp",
+        channel=Channel.INAPP,
+        script=[SendResult(outcome=Outcome.RETRY, error_code="503", retry_after=7.0)],
+    )
+    app = make_app(database_url=pg_url, migrate=False, providers=fake_providers(inapp=inapp))
+    nid = create_notification(app, create_patient(app), channels=[Channel.INAPP])
+    report = deliver(app.deps, nid)
+    row = load(app, nid)
+    assert report.state is State.RETRYING and row.claimed_by is None and row.lease_until is None
+    assert report.retry_in is not None and 7.0 <= report.retry_in <= 7.7, "the provider's Retry-After, honoured"
+    assert row.enqueued_at == row.not_before
+    early = deliver(app.deps, nid)
+    assert early.state is None and early.retry_in is not None and early.retry_in > 6, "an early message comes back"
+    app.clock.advance(seconds=8)
+    assert deliver(app.deps, nid).state is State.SENT
+    assert [a.outcome for a in attempts(app, nid)] == ["retry", "accepted"]

@@ -1,0 +1,259 @@
+"""The hot path on PostgreSQL: one statement per step, run in autocommit (no BEGIN, no COMMIT, no ORM).
+
+- :func:`claim_and_read`: claims the row (the same rules as :func:`worker.delivery.claims.claim`), writes the
+  claim's event, and reads every send-time fact the decision needs, in one round trip.
+- :func:`settle`: settles a row this worker still holds and writes the transition's event, in one round trip.
+
+Each is a single statement, so it is atomic without a transaction block. The facts come back raw; the same
+pure functions as on the portable path turn them into the decision's inputs (:mod:`worker.consent`,
+:mod:`worker.caps`, the ``stale_for`` checks), so the two paths cannot disagree on a rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, Engine
+
+from worker import appointments, campaigns, surveys
+from worker.caps import CAPPED_HEALTH_TEXTS, Counts, counts_from
+from worker.categories import Category
+from worker.consent import consent_from
+from worker.models import Device, Notification, Patient, Preference
+from worker.states import CLAIMABLE, TERMINAL, State
+
+_CAPPED = tuple(c.value for c in (Category.MARKETING, *CAPPED_HEALTH_TEXTS))
+_NOTIFICATION_COLUMNS = (
+    "id, patient_id, category, channels, context, idempotency_key, state, reason, not_before, expires_at, "
+    "attempt_count, enqueued_at, lease_until, claimed_by, created_at, updated_at, finished_at, campaign_id"
+)
+
+CLAIM_AND_READ = text(
+    f"""
+WITH observed AS (
+    SELECT id, state, not_before FROM notification WHERE id = :id FOR UPDATE
+), claimed AS (
+    UPDATE notification n
+       SET state = 'sending', lease_until = :lease_until, claimed_by = :holder,
+           attempt_count = n.attempt_count + 1, updated_at = :now
+      FROM observed o
+     WHERE n.id = o.id
+       AND ((n.state IN ('pending', 'deferred', 'retrying') AND (n.not_before IS NULL OR n.not_before <= :now))
+            OR (n.state = 'sending' AND n.lease_until < :now))
+ RETURNING {", ".join(f"n.{c}" for c in _NOTIFICATION_COLUMNS.split(", "))}, o.state AS observed_state
+), claim_event AS (
+    INSERT INTO notification_event (notification_id, from_state, to_state, reason, at)
+    SELECT id, observed_state, 'sending',
+           CASE WHEN observed_state = 'sending' THEN 'lease expired; claimed again' ELSE 'claimed' END, :now
+      FROM claimed
+)
+SELECT o.state AS observed_state, o.not_before AS observed_not_before,
+       c.id, c.patient_id, c.category, c.channels, c.context, c.idempotency_key, c.state, c.reason, c.not_before,
+       c.expires_at, c.attempt_count, c.enqueued_at, c.lease_until, c.claimed_by, c.created_at, c.updated_at,
+       c.finished_at, c.campaign_id,
+       p.id AS p_id, p.external_ref, p.time_zone, p.locale, p.email, p.phone_e164, p.us_state,
+       p.created_at AS p_created_at, p.updated_at AS p_updated_at,
+       (SELECT json_agg(json_build_object('id', d.id, 'platform', d.platform, 'token', d.token, 'live', d.live,
+                                          'created_at', d.created_at, 'last_seen_at', d.last_seen_at) ORDER BY d.id)
+          FROM device d WHERE d.patient_id = c.patient_id) AS devices,
+       (SELECT json_agg(json_build_object('id', f.id, 'category', f.category, 'channel', f.channel,
+                                          'enabled', f.enabled, 'updated_at', f.updated_at))
+          FROM preference f WHERE f.patient_id = c.patient_id) AS preferences,
+       (SELECT array_agg(a.target) FROM delivery_attempt a
+         WHERE a.notification_id = c.id AND a.outcome = 'accepted') AS accepted_before,
+       (SELECT json_agg(json_build_array(e.channel, e.category, e.granted) ORDER BY e.id)
+          FROM consent_event e WHERE e.patient_id = c.patient_id) AS consent,
+       CASE WHEN c.category IN {_CAPPED} THEN
+           (SELECT json_agg(json_build_array(x.id, x.category, a.channel, a.started_at))
+              FROM notification x JOIN delivery_attempt a ON a.notification_id = x.id
+             WHERE x.patient_id = c.patient_id AND x.category IN {_CAPPED} AND x.id <> c.id
+               AND a.outcome = 'accepted' AND a.started_at > :week_ago)
+       END AS capped_sends,
+       ap.status AS appointment_status, ap.version AS appointment_version, ap.starts_at AS appointment_starts_at,
+       sv.id IS NOT NULL AS survey_found, sv.completed_at AS survey_completed_at,
+       cp.state AS campaign_state
+  FROM observed o
+  LEFT JOIN claimed c ON c.id = o.id
+  LEFT JOIN patient p ON p.id = c.patient_id
+  LEFT JOIN appointment ap ON json_typeof(c.context -> 'appointment_id') = 'number'
+                          AND ap.id = (c.context ->> 'appointment_id')::bigint
+  LEFT JOIN survey_assignment sv ON json_typeof(c.context -> 'survey_assignment_id') = 'number'
+                                AND sv.id = (c.context ->> 'survey_assignment_id')::bigint
+  LEFT JOIN campaign cp ON cp.id = c.campaign_id
+"""
+)
+
+SETTLE = text(
+    """
+WITH settled AS (
+    UPDATE notification
+       SET state = :state, reason = :reason, updated_at = :now,
+           finished_at = CASE WHEN :terminal THEN :now ELSE finished_at END,
+           lease_until = NULL, claimed_by = NULL,
+           not_before = CASE WHEN :waits THEN :not_before ELSE not_before END,
+           enqueued_at = CASE WHEN :waits THEN :enqueued_at ELSE enqueued_at END,
+           attempt_count = GREATEST(0, attempt_count - :uncount)
+     WHERE id = :id AND state = 'sending' AND claimed_by = :holder
+ RETURNING id
+)
+INSERT INTO notification_event (notification_id, from_state, to_state, reason, at)
+SELECT id, 'sending', :state, :reason, :now FROM settled
+RETURNING notification_id
+"""
+)
+
+
+def autocommit(engine: Engine) -> Connection:
+    """A connection whose every statement commits itself: one round trip, no BEGIN or COMMIT."""
+    return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A claimed row and everything read with it, raw; :mod:`worker.delivery.send` turns it into facts."""
+
+    row: Notification
+    patient: Patient | None
+    devices: list[Device]
+    preferences: list[Preference]
+    accepted_before: set[str]
+    consent: dict[tuple[str, str | None], bool]
+    capped_sends: list[tuple[int, int, str, str, datetime]]
+    stale: tuple[str, str] | None
+
+
+def claim_and_read(
+    engine: Engine, notification_id: int, *, now: datetime, lease: timedelta, holder: str
+) -> Claimed | datetime | None:
+    """Claim and read in one statement. A ``datetime``: open but not due until then; ``None``: not claimable."""
+    with autocommit(engine) as conn:
+        result = conn.execute(
+            CLAIM_AND_READ,
+            {
+                "id": notification_id,
+                "now": now,
+                "lease_until": now + lease,
+                "holder": holder,
+                "week_ago": now - timedelta(days=7),
+            },
+        )
+        record = result.mappings().first()
+    if record is None:
+        return None
+    if record["id"] is None:
+        observed, not_before = record["observed_state"], record["observed_not_before"]
+        if State(observed) in CLAIMABLE and not_before is not None:
+            return not_before  # type: ignore[no-any-return]
+        return None
+    return _claimed(record, now)
+
+
+def _parse_instant(value: Any) -> datetime:
+    """json_build_object renders timestamptz as ISO text."""
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+
+
+def _claimed(record: Any, now: datetime) -> Claimed:
+    row = Notification(**{column: record[column] for column in _NOTIFICATION_COLUMNS.split(", ")})
+    patient = None
+    if record["p_id"] is not None:
+        patient = Patient(
+            id=record["p_id"],
+            external_ref=record["external_ref"],
+            time_zone=record["time_zone"],
+            locale=record["locale"],
+            email=record["email"],
+            phone_e164=record["phone_e164"],
+            us_state=record["us_state"],
+            created_at=record["p_created_at"],
+            updated_at=record["p_updated_at"],
+        )
+    devices = [
+        Device(
+            id=d["id"],
+            patient_id=row.patient_id,
+            platform=d["platform"],
+            token=d["token"],
+            live=d["live"],
+            created_at=_parse_instant(d["created_at"]),
+            last_seen_at=_parse_instant(d["last_seen_at"]),
+        )
+        for d in record["devices"] or []
+    ]
+    preferences = [
+        Preference(
+            id=f["id"],
+            patient_id=row.patient_id,
+            category=f["category"],
+            channel=f["channel"],
+            enabled=f["enabled"],
+            updated_at=_parse_instant(f["updated_at"]),
+        )
+        for f in record["preferences"] or []
+    ]
+    capped = [
+        (row.patient_id, int(nid), str(category), str(channel), _parse_instant(at))
+        for nid, category, channel, at in record["capped_sends"] or []
+    ]
+    context = row.context or {}
+    stale = (
+        appointments.stale_for(
+            context,
+            record["appointment_status"],
+            record["appointment_version"],
+            record["appointment_starts_at"],
+            now,
+        )
+        or surveys.stale_for(context, bool(record["survey_found"]), record["survey_completed_at"])
+        or campaigns.stale_for(record["campaign_state"])
+    )
+    return Claimed(
+        row=row,
+        patient=patient,
+        devices=devices,
+        preferences=preferences,
+        accepted_before=set(record["accepted_before"] or ()),
+        consent=consent_from((c[0], c[1], bool(c[2])) for c in record["consent"] or []),
+        capped_sends=capped,
+        stale=stale,
+    )
+
+
+def counts(claimed: Claimed, now: datetime) -> Counts:
+    return counts_from(claimed.capped_sends, [claimed.row.patient_id], now)[claimed.row.patient_id]
+
+
+def settle(
+    engine: Engine,
+    notification_id: int,
+    *,
+    state: State,
+    reason: str | None,
+    now: datetime,
+    holder: str,
+    not_before: datetime | None,
+    uncount: bool,
+) -> bool:
+    """Settle a row this worker still holds; False if it no longer does (see ``send._apply``)."""
+    waits = state in (State.RETRYING, State.DEFERRED)
+    with autocommit(engine) as conn:
+        written = conn.execute(
+            SETTLE,
+            {
+                "id": notification_id,
+                "state": state.value,
+                "reason": reason[:500] if reason else None,
+                "now": now,
+                "terminal": state in TERMINAL,
+                "waits": waits,
+                "not_before": not_before,
+                # A retry's broker message becomes visible at not_before; a deferral has none (the relay queues it).
+                "enqueued_at": not_before if state is State.RETRYING else None,
+                "uncount": 1 if uncount else 0,
+                "holder": holder,
+            },
+        ).first()
+    return written is not None
