@@ -83,8 +83,10 @@ def test_the_fast_path_reads_exactly_what_the_portable_path_reads(make_app, pg_u
     holder = app.deps.leases.holder
     stale = []
     for nid in candidates:
-        got = pg.claim_and_read(app.engine, nid, now=app.clock.now(), lease=timedelta(seconds=6), holder=holder)
-        assert isinstance(got, pg.Claimed), nid
+        claimed, _ = pg.claim_and_read(
+            app.engine, [nid], now=app.clock.now(), lease=timedelta(seconds=6), holder=holder
+        )
+        got = claimed[0]
         portable = _load_facts(app.deps, [got.row])[nid]
         assert got.row.state == State.SENDING and got.row.claimed_by == holder
         assert got.patient is not None and portable.patient is not None

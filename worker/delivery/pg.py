@@ -11,6 +11,7 @@ pure functions as on the portable path turn them into the decision's inputs (:mo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -34,7 +35,7 @@ _NOTIFICATION_COLUMNS = (
 CLAIM_AND_READ = text(
     f"""
 WITH observed AS (
-    SELECT id, state, not_before FROM notification WHERE id = :id FOR UPDATE
+    SELECT id, state, not_before FROM notification WHERE id = ANY(CAST(:ids AS bigint[])) ORDER BY id FOR UPDATE
 ), claimed AS (
     UPDATE notification n
        SET state = 'sending', lease_until = :lease_until, claimed_by = :holder,
@@ -50,7 +51,7 @@ WITH observed AS (
            CASE WHEN observed_state = 'sending' THEN 'lease expired; claimed again' ELSE 'claimed' END, :now
       FROM claimed
 )
-SELECT o.state AS observed_state, o.not_before AS observed_not_before,
+SELECT o.id AS observed_id, o.state AS observed_state, o.not_before AS observed_not_before,
        c.id, c.patient_id, c.category, c.channels, c.context, c.idempotency_key, c.state, c.reason, c.not_before,
        c.expires_at, c.attempt_count, c.enqueued_at, c.lease_until, c.claimed_by, c.created_at, c.updated_at,
        c.finished_at, c.campaign_id,
@@ -83,24 +84,32 @@ SELECT o.state AS observed_state, o.not_before AS observed_not_before,
   LEFT JOIN survey_assignment sv ON json_typeof(c.context -> 'survey_assignment_id') = 'number'
                                 AND sv.id = (c.context ->> 'survey_assignment_id')::bigint
   LEFT JOIN campaign cp ON cp.id = c.campaign_id
+ ORDER BY o.id
 """
 )
 
 SETTLE = text(
-    """
-WITH settled AS (
-    UPDATE notification
-       SET state = :state, reason = :reason, updated_at = :now,
-           finished_at = CASE WHEN :terminal THEN :now ELSE finished_at END,
+    f"""
+WITH s AS (
+    SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:states AS text[]), CAST(:reasons AS text[]),
+                         CAST(:not_befores AS timestamptz[]), CAST(:uncounts AS int[]))
+           AS t(id, state, reason, not_before, uncount)
+), settled AS (
+    UPDATE notification n
+       SET state = s.state, reason = s.reason, updated_at = :now,
+           finished_at = CASE WHEN s.state IN {tuple(str(t) for t in TERMINAL)} THEN :now ELSE n.finished_at END,
            lease_until = NULL, claimed_by = NULL,
-           not_before = CASE WHEN :waits THEN :not_before ELSE not_before END,
-           enqueued_at = CASE WHEN :waits THEN :enqueued_at ELSE enqueued_at END,
-           attempt_count = GREATEST(0, attempt_count - :uncount)
-     WHERE id = :id AND state = 'sending' AND claimed_by = :holder
- RETURNING id
+           not_before = CASE WHEN s.state IN ('retrying', 'deferred') THEN s.not_before ELSE n.not_before END,
+           -- A retry's broker message becomes visible at not_before; a deferral has none (the relay queues it).
+           enqueued_at = CASE WHEN s.state = 'retrying' THEN s.not_before
+                              WHEN s.state = 'deferred' THEN NULL ELSE n.enqueued_at END,
+           attempt_count = GREATEST(0, n.attempt_count - s.uncount)
+      FROM s
+     WHERE n.id = s.id AND n.state = 'sending' AND n.claimed_by = :holder
+ RETURNING n.id, s.state, s.reason
 )
 INSERT INTO notification_event (notification_id, from_state, to_state, reason, at)
-SELECT id, 'sending', :state, :reason, :now FROM settled
+SELECT id, 'sending', state, reason, :now FROM settled
 RETURNING notification_id
 """
 )
@@ -126,29 +135,32 @@ class Claimed:
 
 
 def claim_and_read(
-    engine: Engine, notification_id: int, *, now: datetime, lease: timedelta, holder: str
-) -> Claimed | datetime | None:
-    """Claim and read in one statement. A ``datetime``: open but not due until then; ``None``: not claimable."""
+    engine: Engine, notification_ids: Sequence[int], *, now: datetime, lease: timedelta, holder: str
+) -> tuple[list[Claimed], dict[int, datetime]]:
+    """Claim and read in one statement: the rows claimed, and the open rows not due yet (id -> when they are)."""
     with autocommit(engine) as conn:
-        result = conn.execute(
-            CLAIM_AND_READ,
-            {
-                "id": notification_id,
-                "now": now,
-                "lease_until": now + lease,
-                "holder": holder,
-                "week_ago": now - timedelta(days=7),
-            },
+        records = (
+            conn.execute(
+                CLAIM_AND_READ,
+                {
+                    "ids": sorted(set(notification_ids)),
+                    "now": now,
+                    "lease_until": now + lease,
+                    "holder": holder,
+                    "week_ago": now - timedelta(days=7),
+                },
+            )
+            .mappings()
+            .all()
         )
-        record = result.mappings().first()
-    if record is None:
-        return None
-    if record["id"] is None:
-        observed, not_before = record["observed_state"], record["observed_not_before"]
-        if State(observed) in CLAIMABLE and not_before is not None:
-            return not_before  # type: ignore[no-any-return]
-        return None
-    return _claimed(record, now)
+    claimed: list[Claimed] = []
+    later: dict[int, datetime] = {}
+    for record in records:
+        if record["id"] is not None:
+            claimed.append(_claimed(record, now))
+        elif State(record["observed_state"]) in CLAIMABLE and record["observed_not_before"] is not None:
+            later[int(record["observed_id"])] = record["observed_not_before"]
+    return claimed, later
 
 
 def _parse_instant(value: Any) -> datetime:
@@ -226,34 +238,31 @@ def counts(claimed: Claimed, now: datetime) -> Counts:
     return counts_from(claimed.capped_sends, [claimed.row.patient_id], now)[claimed.row.patient_id]
 
 
-def settle(
-    engine: Engine,
-    notification_id: int,
-    *,
-    state: State,
-    reason: str | None,
-    now: datetime,
-    holder: str,
-    not_before: datetime | None,
-    uncount: bool,
-) -> bool:
-    """Settle a row this worker still holds; False if it no longer does (see ``send._apply``)."""
-    waits = state in (State.RETRYING, State.DEFERRED)
+@dataclass(frozen=True)
+class Settlement:
+    notification_id: int
+    state: State
+    reason: str | None
+    not_before: datetime | None = None
+    uncount: bool = False
+
+
+def settle(engine: Engine, settlements: Sequence[Settlement], *, now: datetime, holder: str) -> set[int]:
+    """Settle many rows this worker still holds in one statement; returns the ids it settled (a row it no
+    longer holds is left to whoever does: see ``send._apply``)."""
+    if not settlements:
+        return set()
     with autocommit(engine) as conn:
         written = conn.execute(
             SETTLE,
             {
-                "id": notification_id,
-                "state": state.value,
-                "reason": reason[:500] if reason else None,
+                "ids": [s.notification_id for s in settlements],
+                "states": [s.state.value for s in settlements],
+                "reasons": [s.reason[:500] if s.reason else None for s in settlements],
+                "not_befores": [s.not_before for s in settlements],
+                "uncounts": [1 if s.uncount else 0 for s in settlements],
                 "now": now,
-                "terminal": state in TERMINAL,
-                "waits": waits,
-                "not_before": not_before,
-                # A retry's broker message becomes visible at not_before; a deferral has none (the relay queues it).
-                "enqueued_at": not_before if state is State.RETRYING else None,
-                "uncount": 1 if uncount else 0,
                 "holder": holder,
             },
-        ).first()
-    return written is not None
+        ).all()
+    return {int(r.notification_id) for r in written}

@@ -9,9 +9,11 @@ DEFERRED) with a ``not_before`` that the relay watches.
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from datetime import time as dt_time
@@ -151,26 +153,39 @@ def _on_postgresql(deps: DeliveryDeps) -> bool:
 
 def _claim_and_read(deps: DeliveryDeps, notification_id: int) -> tuple[Notification, _Facts] | Report:
     """PostgreSQL: the claim, its event and every send-time fact in one statement (:mod:`worker.delivery.pg`)."""
+    claimed, later = _claim_and_read_many(deps, [notification_id])
+    if claimed:
+        return claimed[0]
+    if notification_id in later:
+        return _not_due(deps, notification_id, later[notification_id])
+    return Report(notification_id, None, NOT_CLAIMABLE)
+
+
+def _claim_and_read_many(
+    deps: DeliveryDeps, notification_ids: Sequence[int]
+) -> tuple[list[tuple[Notification, _Facts]], dict[int, NotDue]]:
     now = deps.clock.now()
     leases = deps.leases
-    got = retry_transient(
-        partial(pg.claim_and_read, deps.engine, notification_id, now=now, lease=leases.lease, holder=leases.holder),
+    claimed, later = retry_transient(
+        partial(pg.claim_and_read, deps.engine, notification_ids, now=now, lease=leases.lease, holder=leases.holder),
         seconds=deps.settings.record_retry_seconds,
     )
-    if isinstance(got, datetime):
-        return _not_due(deps, notification_id, NotDue(got))
-    if got is None:
-        return Report(notification_id, None, NOT_CLAIMABLE)
-    facts = _Facts(
-        patient=got.patient,
-        devices=got.devices,
-        preferences=got.preferences,
-        accepted_before=got.accepted_before,
-        consent=got.consent,
-        counts=pg.counts(got, now),
-        stale=got.stale,
-    )
-    return got.row, facts
+    rows = [
+        (
+            got.row,
+            _Facts(
+                patient=got.patient,
+                devices=got.devices,
+                preferences=got.preferences,
+                accepted_before=got.accepted_before,
+                consent=got.consent,
+                counts=pg.counts(got, now),
+                stale=got.stale,
+            ),
+        )
+        for got in claimed
+    ]
+    return rows, {nid: NotDue(at) for nid, at in later.items()}
 
 
 def _not_due(deps: DeliveryDeps, notification_id: int, not_due: NotDue) -> Report:
@@ -187,21 +202,28 @@ def deliver_many(deps: DeliveryDeps, notification_ids: Sequence[int]) -> list[Re
     row back for a retry (its report carries the error) and the batch goes on.
     """
     leases = deps.leases
-    rows, later = retry_transient(
-        partial(claim_many, deps.engine, deps.clock, notification_ids, lease=leases.lease, holder=leases.holder),
-        seconds=deps.settings.record_retry_seconds,
-    )
+    facts: dict[int, _Facts] = {}
+    if _on_postgresql(deps):
+        claimed_rows, later = _claim_and_read_many(deps, notification_ids)
+        rows = [row for row, _ in claimed_rows]
+        facts = {id_of(row): row_facts for row, row_facts in claimed_rows}
+    else:
+        rows, later = retry_transient(
+            partial(claim_many, deps.engine, deps.clock, notification_ids, lease=leases.lease, holder=leases.holder),
+            seconds=deps.settings.record_retry_seconds,
+        )
     claimed = [id_of(row) for row in rows]
     reports = {nid: Report(nid, None, NOT_CLAIMABLE) for nid in notification_ids}
     reports.update({nid: _not_due(deps, nid, not_due) for nid, not_due in later.items()})
     leases.hold(claimed)
     try:
-        try:
-            facts = _load_facts(deps, rows)
-        except Exception as exc:  # e.g. the database went away: hand every row back, let the broker retry
-            for row in rows:
-                _release_after_error(deps, id_of(row), exc)
-            raise
+        if not facts:
+            try:
+                facts = _load_facts(deps, rows)
+            except Exception as exc:  # e.g. the database went away: hand every row back, let the broker retry
+                for row in rows:
+                    _release_after_error(deps, id_of(row), exc)
+                raise
         settle = _BatchSettle(deps)
         try:
             _deliver_rows(deps, rows, facts, settle, reports)
@@ -215,42 +237,69 @@ def deliver_many(deps: DeliveryDeps, notification_ids: Sequence[int]) -> list[Re
 def _deliver_rows(
     deps: DeliveryDeps, rows: list[Notification], facts: dict[int, _Facts], settle: Settle, reports: dict[int, Report]
 ) -> None:
-    """Decide and send each claimed row of a batch, writing its report into ``reports``."""
-    seen: set[int] = set()
-    throttled: Report | None = None
+    """Decide and send each claimed row of a batch, writing its report into ``reports``.
+
+    Different patients' rows go concurrently (``delivery.send_concurrency`` at once, on PostgreSQL), so a slow
+    provider costs a batch one call's time, not fifty; one patient's rows go in turn, and a later one is decided
+    on facts read after the earlier was sent, so a frequency cap counts it.
+    """
+    by_patient: dict[int, list[Notification]] = defaultdict(list)
     for row in rows:
-        if throttled is not None:
-            # A provider's rate limit is reached: the rest would only meet it too. Hand them back unsent.
-            reports[id_of(row)] = settle(
-                id_of(row),
-                State.RETRYING,
-                "waiting for the provider's rate limit",
-                not_before=deps.clock.now() + timedelta(seconds=throttled.retry_in or 1.0),
-                retry_in=throttled.retry_in,
-                uncount=True,
-                throttled=True,
-            )
-            continue
-        try:
-            own = facts[id_of(row)] if row.patient_id not in seen else _load_facts(deps, [row])[id_of(row)]
-            seen.add(row.patient_id)
-            report = reports[id_of(row)] = _deliver_claimed(deps, row, own, settle)
-        except AnswerNotRecorded as exc:
-            # Held until its answer is written; then the relay finds it and the accepted target is not resent.
-            reports[id_of(row)] = Report(id_of(row), State.SENDING, "provider answer waiting to be recorded", error=exc)
-            continue
-        except Exception as exc:
-            _release_after_error(deps, id_of(row), exc)
-            reports[id_of(row)] = Report(
-                id_of(row),
-                State.RETRYING,
-                f"internal error ({type(exc).__name__})",
-                retry_in=deps.settings.min_backoff_seconds,
-                error=exc,
-            )
-            continue
-        if report.throttled:
-            throttled = report
+        by_patient[row.patient_id].append(row)
+    throttled: list[Report] = []
+    lock = threading.Lock()
+
+    def run(patient_rows: list[Notification]) -> None:
+        for index, row in enumerate(patient_rows):
+            nid = id_of(row)
+            with lock:
+                stop = throttled[0] if throttled else None
+            if stop is not None:
+                # A provider's rate limit is reached: the rest would only meet it too. Hand them back unsent.
+                reports[nid] = settle(
+                    nid,
+                    State.RETRYING,
+                    "waiting for the provider's rate limit",
+                    not_before=deps.clock.now() + timedelta(seconds=stop.retry_in or 1.0),
+                    retry_in=stop.retry_in,
+                    uncount=True,
+                    throttled=True,
+                )
+                continue
+            report = _deliver_one_of_batch(deps, row, facts[nid] if index == 0 else None, settle)
+            reports[nid] = report
+            if report.throttled:
+                with lock:
+                    throttled.append(report)
+
+    width = min(deps.settings.send_concurrency, len(by_patient)) if _on_postgresql(deps) else 1
+    if width <= 1:
+        for patient_rows in by_patient.values():
+            run(patient_rows)
+        return
+    with ThreadPoolExecutor(max_workers=width, thread_name_prefix="send") as pool:
+        for future in [pool.submit(run, patient_rows) for patient_rows in by_patient.values()]:
+            future.result()
+
+
+def _deliver_one_of_batch(deps: DeliveryDeps, row: Notification, facts: _Facts | None, settle: Settle) -> Report:
+    """One row of a batch; an unexpected error is that row's retry, not the batch's."""
+    nid = id_of(row)
+    try:
+        own = facts if facts is not None else _load_facts(deps, [row])[nid]
+        return _deliver_claimed(deps, row, own, settle)
+    except AnswerNotRecorded as exc:
+        # Held until its answer is written; then the relay finds it and the accepted target is not resent.
+        return Report(nid, State.SENDING, "provider answer waiting to be recorded", error=exc)
+    except Exception as exc:
+        _release_after_error(deps, nid, exc)
+        return Report(
+            nid,
+            State.RETRYING,
+            f"internal error ({type(exc).__name__})",
+            retry_in=deps.settings.min_backoff_seconds,
+            error=exc,
+        )
 
 
 @dataclass(frozen=True)
@@ -672,67 +721,70 @@ def _settle(
     throttled: bool = False,
 ) -> Report:
     settlement = _Settlement(notification_id, state, reason, not_before, retry_in, uncount, throttled)
-    holder = deps.leases.holder
-
-    def write() -> bool:
-        if _on_postgresql(deps):
-            written = pg.settle(
-                deps.engine,
-                notification_id,
-                state=state,
-                reason=reason,
-                now=deps.clock.now(),
-                holder=holder,
-                not_before=not_before,
-                uncount=uncount,
-            )
-            if written:
-                log.info("notification.settled", notification_id=notification_id, state=str(state))
-            return written
-        with session_scope(deps.engine) as session:
-            row = session.get(Notification, notification_id)
-            return row is not None and _apply(session, row, settlement, deps.clock.now(), holder)
-
-    if not retry_transient(write, seconds=deps.settings.record_retry_seconds):
+    if not _write_settlements(deps, [settlement]):
         log.warning("notification.claim_lost", notification_id=notification_id)
         return Report(notification_id, None, NO_LONGER_HELD)
     return settlement.report()
 
 
+def _write_settlements(deps: DeliveryDeps, settlements: Sequence[_Settlement]) -> set[int]:
+    """Settle rows this worker still holds, in one statement on PostgreSQL or one transaction elsewhere; returns
+    the ids settled. A row it no longer holds is left alone (see :func:`_apply`)."""
+    holder = deps.leases.holder
+
+    def write() -> set[int]:
+        now = deps.clock.now()
+        if _on_postgresql(deps):
+            return pg.settle(
+                deps.engine,
+                [pg.Settlement(s.notification_id, s.state, s.reason, s.not_before, s.uncount) for s in settlements],
+                now=now,
+                holder=holder,
+            )
+        done: set[int] = set()
+        with session_scope(deps.engine) as session:
+            ids = [s.notification_id for s in settlements]
+            rows = {r.id: r for r in session.scalars(select(Notification).where(col(Notification.id).in_(ids)))}
+            for settlement in settlements:
+                row = rows.get(settlement.notification_id)
+                if row is not None and _apply(session, row, settlement, now, holder):
+                    done.add(settlement.notification_id)
+        return done
+
+    done = retry_transient(write, seconds=deps.settings.record_retry_seconds)
+    for settlement in settlements:
+        if settlement.notification_id in done:
+            log.info("notification.settled", notification_id=settlement.notification_id, state=str(settlement.state))
+    return done
+
+
 class _BatchSettle:
-    """Collects a batch's outcomes and writes them in one transaction (one commit, not one per row).
+    """Collects a batch's outcomes and writes them at the end in one statement (one transaction elsewhere).
 
     Safe because every provider call is recorded as it happens: if the process dies before :meth:`flush`, the
     rows stay SENDING, their lease runs out, and the next claim finds the accepted attempts and sends nothing
-    twice.
+    twice. Thread-safe: a batch's rows are sent concurrently.
     """
 
     def __init__(self, deps: DeliveryDeps) -> None:
         self._deps = deps
         self._pending: list[_Settlement] = []
+        self._lock = threading.Lock()
 
     def __call__(self, notification_id: int, state: State, reason: str | None, **options: Any) -> Report:
         settlement = _Settlement(notification_id, state, reason, **options)
-        self._pending.append(settlement)
+        with self._lock:
+            self._pending.append(settlement)
         return settlement.report()
 
     def flush(self) -> None:
-        if not self._pending:
-            return
-        deps = self._deps
-
-        def write() -> None:
-            now = deps.clock.now()
-            with session_scope(deps.engine) as session:
-                ids = [s.notification_id for s in self._pending]
-                rows = {r.id: r for r in session.scalars(select(Notification).where(col(Notification.id).in_(ids)))}
-                for settlement in self._pending:
-                    row = rows.get(settlement.notification_id)
-                    if row is None or not _apply(session, row, settlement, now, deps.leases.holder):
-                        log.warning("notification.claim_lost", notification_id=settlement.notification_id)
-
-        retry_transient(write, seconds=deps.settings.record_retry_seconds)
-        self._pending.clear()
+        with self._lock:
+            pending, self._pending = self._pending, []
+        if pending:
+            done = _write_settlements(self._deps, pending)
+            for settlement in pending:
+                if settlement.notification_id not in done:
+                    log.warning("notification.claim_lost", notification_id=settlement.notification_id)
 
 
 def _apply(session: Session, row: Notification, settlement: _Settlement, now: datetime, holder: str) -> bool:
@@ -750,7 +802,6 @@ def _apply(session: Session, row: Notification, settlement: _Settlement, now: da
         row.enqueued_at = settlement.not_before if state is State.RETRYING else None
         if settlement.uncount:
             row.attempt_count = max(0, row.attempt_count - 1)
-    log.info("notification.settled", notification_id=row.id, state=str(state))
     return True
 
 

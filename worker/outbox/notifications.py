@@ -18,6 +18,7 @@ from worker.clock import Clock
 from worker.db import retry_transient, session_scope
 from worker.errors import IllegalTransition, InvalidInput, NotFound
 from worker.models import Notification, NotificationEvent, Patient
+from worker.outbox.stamps import EnqueueStamps
 from worker.states import TERMINAL, State, can_transition
 
 log = structlog.get_logger(__name__)
@@ -74,11 +75,13 @@ def submit(
     not_before: datetime | None = None,
     expires_at: datetime | None = None,
     ttl: timedelta | None = None,
+    stamps: EnqueueStamps | None = None,
 ) -> Submitted:
     """Commit a notification row, then enqueue it (outbox order: nothing is sent that is not stored).
 
     The same idempotency key returns the existing notification instead of a second one. A row whose
-    ``not_before`` lies ahead is not enqueued now: the relay queues it when it becomes due.
+    ``not_before`` lies ahead is not enqueued now: the relay queues it when it becomes due. With ``stamps`` the
+    row is marked queued in the background (:mod:`worker.outbox.stamps`), else at once.
     """
     try:
         category = Category(category)
@@ -102,8 +105,6 @@ def submit(
         "context": context,
         "not_before": not_before,
         "expires_at": expires_at,
-        # Stamped as queued in the same statement: the message goes right after the commit (or the stamp is undone).
-        "enqueued_at": now if due else None,
     }
     found = _insert_pg(engine, now, **fields) if engine.dialect.name == "postgresql" else None
     if found is None:
@@ -112,11 +113,12 @@ def submit(
     if not created:
         return Submitted(notification_id=notification_id, created=False)
     if due:
-        try:
-            enqueue(notification_id)
-        except Exception:
-            unmark_enqueued(engine, [notification_id], now)  # the relay queues it after the grace period
-            raise
+        # After the commit: a crash before this line leaves the row unstamped, and the relay queues it.
+        enqueue(notification_id)
+        if stamps is not None:
+            stamps.add(notification_id)
+        else:
+            mark_enqueued(engine, [notification_id], clock.now())
     log.info("notification.created", notification_id=notification_id, category=str(category))
     return Submitted(notification_id=notification_id, created=True)
 
@@ -127,7 +129,7 @@ WITH created AS (
     INSERT INTO notification (patient_id, category, channels, context, idempotency_key, state, not_before,
                               expires_at, attempt_count, enqueued_at, created_at, updated_at)
     SELECT :patient_id, :category, :channels, :context, :idempotency_key, 'pending', :not_before,
-           :expires_at, 0, :enqueued_at, :now, :now
+           :expires_at, 0, NULL, :now, :now
      WHERE EXISTS (SELECT 1 FROM patient WHERE id = :patient_id)
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING id
@@ -241,17 +243,6 @@ def cancel_open(session: Session, now: datetime, *, patient_id: int, context_key
             transition(session, row, State.CANCELLED, reason=reason, now=now)
             count += 1
     return count
-
-
-def unmark_enqueued(engine: Engine, notification_ids: Sequence[int], at: datetime) -> None:
-    """Undo the stamp of rows whose enqueue failed, so the relay queues them after the grace period."""
-    with session_scope(engine) as session:
-        session.execute(
-            update(Notification)
-            .where(col(Notification.id).in_(list(notification_ids)), col(Notification.enqueued_at) == at)
-            .values(enqueued_at=None)
-            .execution_options(synchronize_session=False)
-        )
 
 
 def mark_enqueued(engine: Engine, notification_ids: Sequence[int], at: datetime) -> None:
