@@ -9,11 +9,9 @@ DEFERRED) with a ``not_before`` that the relay watches.
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from datetime import time as dt_time
@@ -25,7 +23,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
-from integrations.base import OutboundMessage, Outcome, Provider, SendResult
+from integrations.base import NOT_SENT, OutboundMessage, Outcome, Provider, SendResult
 from worker import appointments, campaigns, surveys
 from worker.caps import Counts, recent_counts_of
 from worker.categories import Category, Channel
@@ -34,8 +32,8 @@ from worker.consent import ConsentState, consent_of, record_consent
 from worker.db import is_transient, retry_transient, session_scope
 from worker.delivery import pg
 from worker.delivery.circuit import CircuitBreakers
-from worker.delivery.claims import NOT_CLAIMABLE, Leases, NotDue, claim, claim_many
-from worker.delivery.policy import decide
+from worker.delivery.claims import NOT_CLAIMABLE, Leases, NotDue, claim
+from worker.delivery.policy import Decision, decide
 from worker.delivery.ratelimit import ProviderRateLimits
 from worker.models import DeliveryAttempt, Device, Notification, Patient, Preference
 from worker.models_consent import ConsentSource
@@ -50,7 +48,7 @@ log = structlog.get_logger(__name__)
 CONFIG_ERROR_MIN_DELAY = 300.0
 RATE_LIMITED = "rate_limited"
 #: Error codes of a wait that called no provider.
-PAUSED = frozenset({"circuit_open", RATE_LIMITED})
+PAUSED = frozenset({"circuit_open", RATE_LIMITED, NOT_SENT})
 NO_LONGER_HELD = "no longer held: erased while sending, or claimed again after this worker's lease lapsed"
 #: The table every provider call is written to (Core inserts: no ORM object on the hot path).
 ATTEMPTS = DeliveryAttempt.metadata.tables["delivery_attempt"]
@@ -194,114 +192,6 @@ def _not_due(deps: DeliveryDeps, notification_id: int, not_due: NotDue) -> Repor
     return Report(notification_id, None, "not due yet", retry_in=wait)
 
 
-def deliver_many(deps: DeliveryDeps, notification_ids: Sequence[int]) -> list[Report]:
-    """:func:`deliver` for a batch: one claim and one read of the facts for all of it, then each row in turn.
-
-    The same rules decide each row. A row whose patient already has a row earlier in the batch is decided on
-    facts read after that one was sent, so a frequency cap counts it. An unexpected error on one row hands that
-    row back for a retry (its report carries the error) and the batch goes on.
-    """
-    leases = deps.leases
-    facts: dict[int, _Facts] = {}
-    if _on_postgresql(deps):
-        claimed_rows, later = _claim_and_read_many(deps, notification_ids)
-        rows = [row for row, _ in claimed_rows]
-        facts = {id_of(row): row_facts for row, row_facts in claimed_rows}
-    else:
-        rows, later = retry_transient(
-            partial(claim_many, deps.engine, deps.clock, notification_ids, lease=leases.lease, holder=leases.holder),
-            seconds=deps.settings.record_retry_seconds,
-        )
-    claimed = [id_of(row) for row in rows]
-    reports = {nid: Report(nid, None, NOT_CLAIMABLE) for nid in notification_ids}
-    reports.update({nid: _not_due(deps, nid, not_due) for nid, not_due in later.items()})
-    leases.hold(claimed)
-    try:
-        if not facts:
-            try:
-                facts = _load_facts(deps, rows)
-            except Exception as exc:  # e.g. the database went away: hand every row back, let the broker retry
-                for row in rows:
-                    _release_after_error(deps, id_of(row), exc)
-                raise
-        settle = _BatchSettle(deps)
-        try:
-            _deliver_rows(deps, rows, facts, settle, reports)
-        finally:
-            settle.flush()
-    finally:
-        leases.release(claimed)
-    return [reports[nid] for nid in notification_ids]
-
-
-def _deliver_rows(
-    deps: DeliveryDeps, rows: list[Notification], facts: dict[int, _Facts], settle: Settle, reports: dict[int, Report]
-) -> None:
-    """Decide and send each claimed row of a batch, writing its report into ``reports``.
-
-    Different patients' rows go concurrently (``delivery.send_concurrency`` at once, on PostgreSQL), so a slow
-    provider costs a batch one call's time, not fifty; one patient's rows go in turn, and a later one is decided
-    on facts read after the earlier was sent, so a frequency cap counts it.
-    """
-    by_patient: dict[int, list[Notification]] = defaultdict(list)
-    for row in rows:
-        by_patient[row.patient_id].append(row)
-    throttled: list[Report] = []
-    lock = threading.Lock()
-
-    def run(patient_rows: list[Notification]) -> None:
-        for index, row in enumerate(patient_rows):
-            nid = id_of(row)
-            with lock:
-                stop = throttled[0] if throttled else None
-            if stop is not None:
-                # A provider's rate limit is reached: the rest would only meet it too. Hand them back unsent.
-                reports[nid] = settle(
-                    nid,
-                    State.RETRYING,
-                    "waiting for the provider's rate limit",
-                    not_before=deps.clock.now() + timedelta(seconds=stop.retry_in or 1.0),
-                    retry_in=stop.retry_in,
-                    uncount=True,
-                    throttled=True,
-                )
-                continue
-            report = _deliver_one_of_batch(deps, row, facts[nid] if index == 0 else None, settle)
-            reports[nid] = report
-            if report.throttled:
-                with lock:
-                    throttled.append(report)
-
-    width = min(deps.settings.send_concurrency, len(by_patient)) if _on_postgresql(deps) else 1
-    if width <= 1:
-        for patient_rows in by_patient.values():
-            run(patient_rows)
-        return
-    with ThreadPoolExecutor(max_workers=width, thread_name_prefix="send") as pool:
-        for future in [pool.submit(run, patient_rows) for patient_rows in by_patient.values()]:
-            future.result()
-
-
-def _deliver_one_of_batch(deps: DeliveryDeps, row: Notification, facts: _Facts | None, settle: Settle) -> Report:
-    """One row of a batch; an unexpected error is that row's retry, not the batch's."""
-    nid = id_of(row)
-    try:
-        own = facts if facts is not None else _load_facts(deps, [row])[nid]
-        return _deliver_claimed(deps, row, own, settle)
-    except AnswerNotRecorded as exc:
-        # Held until its answer is written; then the relay finds it and the accepted target is not resent.
-        return Report(nid, State.SENDING, "provider answer waiting to be recorded", error=exc)
-    except Exception as exc:
-        _release_after_error(deps, nid, exc)
-        return Report(
-            nid,
-            State.RETRYING,
-            f"internal error ({type(exc).__name__})",
-            retry_in=deps.settings.min_backoff_seconds,
-            error=exc,
-        )
-
-
 @dataclass(frozen=True)
 class _Facts:
     """What the send-time decision reads, as of just before the send."""
@@ -362,24 +252,37 @@ def _load_facts(deps: DeliveryDeps, rows: Sequence[Notification]) -> dict[int, _
 
 
 def _deliver_claimed(deps: DeliveryDeps, row: Notification, facts: _Facts, settle: Settle) -> Report:
+    decided = _decide_claimed(deps, row, facts, settle)
+    if isinstance(decided, Report):
+        return decided
+    assert facts.patient is not None
+    outcomes: list[_ChannelResult] = []
+    for channel in decided.channels:
+        result = _send_channel(deps, row, facts.patient, facts.devices, channel, facts.accepted_before)
+        outcomes.append(result)
+        if decided.fallback and (result.reached() or result.waiting()):
+            break
+    return _conclude(deps, row, outcomes, decided.notes, settle)
+
+
+def _decide_claimed(deps: DeliveryDeps, row: Notification, facts: _Facts, settle: Settle) -> Report | Decision:
+    """The send-time decision; a row that is not to be sent now is settled here and its report returned."""
     assert row.id is not None
-    patient, devices, preferences = facts.patient, facts.devices, facts.preferences
+    patient = facts.patient
     if patient is None:  # erased between the claim and now
         return Report(row.id, None, "patient erased")
-    stale, consent, counts, accepted_before = facts.stale, facts.consent, facts.counts, facts.accepted_before
-    if stale is not None:
-        kind, why = stale
+    if facts.stale is not None:
+        kind, why = facts.stale
         return settle(row.id, State.CANCELLED if kind == "cancelled" else State.EXPIRED, why)
-    now = deps.clock.now()
     decision = decide(
         notification=row,
         patient=patient,
-        preferences=preferences,
-        devices=devices,
-        now=now,
-        consent=consent,
+        preferences=facts.preferences,
+        devices=facts.devices,
+        now=deps.clock.now(),
+        consent=facts.consent,
         quiet_window=deps.quiet_window,
-        counts=counts,
+        counts=facts.counts,
     )
     if decision.expire:
         return settle(row.id, State.EXPIRED, decision.expire)
@@ -387,14 +290,7 @@ def _deliver_claimed(deps: DeliveryDeps, row: Notification, facts: _Facts, settl
         return settle(row.id, State.SUPPRESSED, decision.suppress)
     if decision.defer_until is not None:
         return settle(row.id, State.DEFERRED, decision.defer_reason, not_before=decision.defer_until)
-
-    outcomes: list[_ChannelResult] = []
-    for channel in decision.channels:
-        result = _send_channel(deps, row, patient, devices, channel, accepted_before)
-        outcomes.append(result)
-        if decision.fallback and (result.reached() or result.waiting()):
-            break
-    return _conclude(deps, row, outcomes, decision.notes, settle)
+    return decision
 
 
 def _targets(channel: Channel, patient: Patient, devices: Sequence[Device]) -> list[_Target]:
@@ -417,11 +313,30 @@ def _send_channel(
     channel: Channel,
     accepted_before: set[str],
 ) -> _ChannelResult:
-    out = _ChannelResult(channel)
+    out, planned = _plan_channel(deps, row, patient, devices, channel, accepted_before)
     providers = deps.providers.get(channel) or ()
-    if not providers:
+    for target, message in planned:
+        name, result = _send_with_failover(deps, row, channel, providers, target, message)
+        out.results.append((name, result))
+        if result.outcome is Outcome.ACCEPTED:
+            out.accepted += 1
+    return out
+
+
+def _plan_channel(
+    deps: DeliveryDeps,
+    row: Notification,
+    patient: Patient,
+    devices: Sequence[Device],
+    channel: Channel,
+    accepted_before: set[str],
+) -> tuple[_ChannelResult, list[tuple[_Target, OutboundMessage]]]:
+    """The messages one channel needs (one per target no provider accepted yet), rendered PHI-free; or, in the
+    result, why the channel cannot be used at all."""
+    out = _ChannelResult(channel)
+    if not deps.providers.get(channel):
         out.results.append(("-", SendResult(outcome=Outcome.FAILED, detail=f"no provider configured for {channel}")))
-        return out
+        return out, []
     data = {"notification_id": str(row.id), "category": str(row.category)}
     unsubscribe: str | None = None
     if row.category == Category.MARKETING and channel is Channel.EMAIL:
@@ -429,7 +344,7 @@ def _send_channel(
             out.results.append(
                 ("-", SendResult(outcome=Outcome.CONFIG_ERROR, detail="marketing email needs CARENOTIFY_SIGNING_KEY"))
             )
-            return out
+            return out, []
         unsubscribe = data["unsubscribe_url"] = deps.unsubscribe_url(row.patient_id)
     text = render(
         Category(row.category),
@@ -439,6 +354,7 @@ def _send_channel(
         sms_reply=str(row.context.get("sms_reply") or "") or None,
         template=str(row.context.get("template") or "") or None,
     )
+    planned: list[tuple[_Target, OutboundMessage]] = []
     for target in _targets(channel, patient, devices):
         if target.key in accepted_before:
             out.already += 1
@@ -455,11 +371,8 @@ def _send_channel(
             data=data,
             promotional=row.category == Category.MARKETING,
         )
-        name, result = _send_with_failover(deps, row, channel, providers, target, message)
-        out.results.append((name, result))
-        if result.outcome is Outcome.ACCEPTED:
-            out.accepted += 1
-    return out
+        planned.append((target, message))
+    return out, planned
 
 
 def _send_with_failover(
@@ -554,13 +467,7 @@ def _record_attempt(
     and :class:`AnswerNotRecorded` stops this row, which stays held until the write lands. Never sent twice.
     """
     write = partial(_write_attempt, deps, row, channel, provider, target, result, started, elapsed_ms)
-    try:
-        retry_transient(write, seconds=deps.settings.record_retry_seconds)
-    except Exception as exc:
-        if not is_transient(exc):
-            raise
-        deps.leases.park(id_of(row), write)
-        raise AnswerNotRecorded(f"notification {row.id}: provider answer parked until the database is back") from exc
+    _durably(deps, [id_of(row)], write, lambda _: write)
     log.info(
         "delivery.attempt",
         notification_id=row.id,
@@ -573,6 +480,80 @@ def _record_attempt(
     )
 
 
+def _durably(
+    deps: DeliveryDeps, ids: Sequence[int], write: Callable[[], None], one: Callable[[int], Callable[[], None]]
+) -> None:
+    """Write provider answers down, retrying a lost connection for ``record_retry_seconds``; after that each
+    row's own write (``one(id)``) is parked with the heartbeat and :class:`AnswerNotRecorded` stops those rows,
+    which stay held until their answers are written: never sent twice."""
+    try:
+        retry_transient(write, seconds=deps.settings.record_retry_seconds)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        for notification_id in ids:
+            deps.leases.park(notification_id, one(notification_id))
+        raise AnswerNotRecorded(f"{len(ids)} provider answer(s) parked until the database is back") from exc
+
+
+def record_answers(deps: DeliveryDeps, answers: Sequence[Answer]) -> None:
+    """Write many provider answers at once (a bulk call's): one insert, plus what an answer tells (an opt-out,
+    a dead token) row by row. Raises :class:`AnswerNotRecorded` as :func:`_record_attempt` does."""
+    plain = [a for a in answers if a.result.outcome not in (Outcome.OPTED_OUT, Outcome.TOKEN_DEAD)]
+    telling = [a for a in answers if a.result.outcome in (Outcome.OPTED_OUT, Outcome.TOKEN_DEAD)]
+
+    def write_plain(subset: Sequence[Answer]) -> Callable[[], None]:
+        def write() -> None:
+            if not subset:
+                return
+            values = [a.values() for a in subset]
+            if _on_postgresql(deps):
+                with pg.autocommit(deps.engine) as conn:
+                    conn.execute(insert(ATTEMPTS).values(values))  # one statement, one round trip
+                return
+            with session_scope(deps.engine) as session:
+                session.execute(insert(ATTEMPTS), values)
+
+        return write
+
+    def one(notification_id: int) -> Callable[[], None]:
+        return write_plain([a for a in plain if a.row.id == notification_id])
+
+    _durably(deps, sorted({a.row.id or 0 for a in plain}), write_plain(plain), one)
+    for answer in telling:
+        _record_attempt(
+            deps, answer.row, answer.channel, answer.provider, answer.target, answer.result, answer.started, answer.ms
+        )
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One provider call's answer, to be written down."""
+
+    row: Notification
+    channel: Channel
+    provider: str
+    target: _Target
+    result: SendResult
+    started: datetime
+    ms: int
+
+    def values(self) -> dict[str, Any]:
+        return {
+            "notification_id": self.row.id or 0,
+            "channel": self.channel.value,
+            "provider": self.provider,
+            "target": self.target.key,
+            "device_id": self.target.device_id,
+            "outcome": self.result.outcome.value,
+            "provider_ref": self.result.provider_ref,
+            "error_code": self.result.error_code,
+            "detail": (self.result.detail or "")[:500] or None,
+            "started_at": self.started,
+            "duration_ms": self.ms,
+        }
+
+
 def _write_attempt(
     deps: DeliveryDeps,
     row: Notification,
@@ -583,19 +564,7 @@ def _write_attempt(
     started: datetime,
     elapsed_ms: int,
 ) -> None:
-    values = {
-        "notification_id": row.id or 0,
-        "channel": channel.value,
-        "provider": provider,
-        "target": target.key,
-        "device_id": target.device_id,
-        "outcome": result.outcome.value,
-        "provider_ref": result.provider_ref,
-        "error_code": result.error_code,
-        "detail": (result.detail or "")[:500] or None,
-        "started_at": started,
-        "duration_ms": elapsed_ms,
-    }
+    values = Answer(row, channel, provider, target, result, started, elapsed_ms).values()
     if _on_postgresql(deps) and result.outcome not in (Outcome.OPTED_OUT, Outcome.TOKEN_DEAD):
         with pg.autocommit(deps.engine) as conn:  # one round trip
             conn.execute(insert(ATTEMPTS), values)
@@ -756,35 +725,6 @@ def _write_settlements(deps: DeliveryDeps, settlements: Sequence[_Settlement]) -
         if settlement.notification_id in done:
             log.info("notification.settled", notification_id=settlement.notification_id, state=str(settlement.state))
     return done
-
-
-class _BatchSettle:
-    """Collects a batch's outcomes and writes them at the end in one statement (one transaction elsewhere).
-
-    Safe because every provider call is recorded as it happens: if the process dies before :meth:`flush`, the
-    rows stay SENDING, their lease runs out, and the next claim finds the accepted attempts and sends nothing
-    twice. Thread-safe: a batch's rows are sent concurrently.
-    """
-
-    def __init__(self, deps: DeliveryDeps) -> None:
-        self._deps = deps
-        self._pending: list[_Settlement] = []
-        self._lock = threading.Lock()
-
-    def __call__(self, notification_id: int, state: State, reason: str | None, **options: Any) -> Report:
-        settlement = _Settlement(notification_id, state, reason, **options)
-        with self._lock:
-            self._pending.append(settlement)
-        return settlement.report()
-
-    def flush(self) -> None:
-        with self._lock:
-            pending, self._pending = self._pending, []
-        if pending:
-            done = _write_settlements(self._deps, pending)
-            for settlement in pending:
-                if settlement.notification_id not in done:
-                    log.warning("notification.claim_lost", notification_id=settlement.notification_id)
 
 
 def _apply(session: Session, row: Notification, settlement: _Settlement, now: datetime, holder: str) -> bool:
