@@ -25,6 +25,11 @@ def launch_campaigns(app: App) -> int:
     return app.launch_campaigns()
 
 
+def roll_up_metrics(app: App) -> int:
+    """Fold the notification and attempt logs' new rows into the counts /metrics reads (settled states, calls)."""
+    return app.roll_up_metrics()
+
+
 def add_jobs(scheduler: S, app: App) -> S:
     """Register every periodic job. One instance of each at a time; a late run is coalesced, not stacked."""
     scheduler.add_job(
@@ -43,6 +48,16 @@ def add_jobs(scheduler: S, app: App) -> S:
         seconds=app.settings.campaigns.scan_interval_seconds,
         args=[app],
         id="launch_campaigns",
+        max_instances=1,
+        coalesce=True,
+        replace_existing=True,
+    )
+    scheduler.add_job(
+        roll_up_metrics,
+        "interval",
+        seconds=app.settings.metrics.rollup_interval_seconds,
+        args=[app],
+        id="metrics_rollup",
         max_instances=1,
         coalesce=True,
         replace_existing=True,

@@ -30,7 +30,9 @@ from worker.delivery.circuit import CircuitBreakers
 from worker.delivery.claims import Leases
 from worker.delivery.ratelimit import build_rate_limits
 from worker.errors import ConfigError
+from worker.metrics.rollup import MetricsRollup
 from worker.outbox import Relay, Submitted, submit
+from worker.outbox.stamps import EnqueueStamps
 from worker.settings import Settings, load_settings
 from worker.unsubscribe import make_unsubscribe_url
 
@@ -160,6 +162,9 @@ class App:
     deps: DeliveryDeps
     actors: Actors
     relay_job: Relay
+    #: Marks submitted rows as queued in the background (one statement per trigger on the request path).
+    stamps: EnqueueStamps
+    metrics_job: MetricsRollup
     clients: HttpClients | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -174,7 +179,7 @@ class App:
         """Submit with the default time-to-live: a notice that could not go out in time expires, with a reason."""
         if kwargs.get("expires_at") is None:
             kwargs.setdefault("ttl", timedelta(hours=self.settings.delivery.default_ttl_hours))
-        return submit(self.engine, self.clock, self.enqueue, **kwargs)
+        return submit(self.engine, self.clock, self.enqueue, stamps=self.stamps, **kwargs)
 
     def relay(self) -> int:
         """One relay tick: queue what is due and has no live broker message (see :mod:`worker.outbox.relay`)."""
@@ -185,7 +190,12 @@ class App:
         done = launch_due(self.engine, self.clock, self.enqueue_many, self.settings.campaigns)
         return sum(progress.created for progress in done)
 
+    def roll_up_metrics(self) -> int:
+        """One rollup tick: fold newly committed log rows into the counts /metrics reads (``worker.metrics.rollup``)."""
+        return self.metrics_job.tick()
+
     def close(self) -> None:
+        self.stamps.close()
         self.deps.leases.stop()
         self.broker.close()
         self.engine.dispose()
@@ -251,4 +261,6 @@ def build_app(
         deps=deps,
         actors=actors,
         relay_job=relay_job,
+        stamps=EnqueueStamps(engine, clock),
+        metrics_job=MetricsRollup(engine, clock, settings.metrics),
     )

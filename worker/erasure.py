@@ -3,6 +3,8 @@
 Notifications not yet sent are cancelled first (so a worker that already claimed one finds no patient and
 stops), then the patient row is deleted; foreign keys cascade to devices, preferences, consent, appointments,
 surveys, notifications and attempts. What remains is a count in the log, never an identifier of the person.
+The /metrics rollup takes back what it had counted for her in the same transaction, so the metrics count only
+what the database still holds.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from sqlmodel import col
 from worker.clock import Clock
 from worker.db import session_scope
 from worker.errors import NotFound
+from worker.metrics.rollup import forget_patient
 from worker.models import Notification, Patient
 from worker.outbox import OPEN_STATES, transition
 from worker.states import State
@@ -29,6 +32,9 @@ def erase_patient(engine: Engine, clock: Clock, *, patient_id: int, reason: str)
         patient = session.get(Patient, patient_id, with_for_update=True)
         if patient is None:
             raise NotFound(f"patient {patient_id} does not exist")
+        # /metrics' rollup counted her settled notifications and provider calls: take them back in this
+        # transaction, so the counts keep matching what the database holds (see worker.metrics.rollup).
+        forget_patient(session.connection(), patient_id)
         open_rows = session.scalars(
             select(Notification).where(
                 col(Notification.patient_id) == patient_id,

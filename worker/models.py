@@ -85,6 +85,15 @@ class Notification(SQLModel, table=True):
             postgresql_where=text("state IN ('pending', 'deferred', 'retrying', 'sending')"),
             sqlite_where=text("state IN ('pending', 'deferred', 'retrying', 'sending')"),
         ),
+        # The frequency caps read a patient's notifications in the capped categories at send time.
+        Index(
+            "ix_notification_capped",
+            "patient_id",
+            "category",
+            "id",
+            postgresql_where=text("category IN ('marketing', 'appointment_reminder', 'survey_reminder')"),
+            sqlite_where=text("category IN ('marketing', 'appointment_reminder', 'survey_reminder')"),
+        ),
         # Campaign stats and cancel: only campaign rows are in it.
         Index(
             "ix_notification_campaign",
@@ -124,6 +133,9 @@ class NotificationEvent(SQLModel, table=True):
     """Every state transition with its time and reason: the on-call engineer's history of a notification."""
 
     __tablename__ = "notification_event"
+    #: Append-only with increasing ids, never reused (on SQLite too, where a deleted top id otherwise would be):
+    #: the /metrics rollup reads it past a watermark.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: int | None = _big_pk()
     notification_id: int = _notification_fk()
@@ -137,6 +149,8 @@ class DeliveryAttempt(SQLModel, table=True):
     """One provider call. ``target`` names a device id or a channel, never a phone number or address."""
 
     __tablename__ = "delivery_attempt"
+    #: Append-only with increasing ids, never reused (see NotificationEvent): the /metrics rollup reads it too.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: int | None = _big_pk()
     notification_id: int = _notification_fk()

@@ -56,6 +56,8 @@ class DeliverySettings(BaseModel):
     default_ttl_hours: int = Field(72, ge=1)
     #: Notifications per ``deliver_batch`` broker message (campaign fan-out, relayed rows).
     batch_size: int = Field(50, ge=1, le=1000)
+    #: Provider calls one batch makes at once (different patients; PostgreSQL only, SQLite writes one at a time).
+    send_concurrency: int = Field(8, ge=1, le=64)
 
 
 class OutboxSettings(BaseModel):
@@ -153,6 +155,21 @@ class CampaignSettings(BaseModel):
     max_window_hours: int = Field(14 * 24, ge=1)
 
 
+class MetricsSettings(BaseModel):
+    """The rollup behind ``/metrics``: settled notifications and provider calls, counted from the append-only logs."""
+
+    model_config = {"extra": "forbid"}
+
+    #: How often the scheduler folds new log rows into the rollup: settled counts lag by about this much.
+    rollup_interval_seconds: float = Field(5.0, gt=0)
+    #: Log ids (of each log) folded in per transaction, and at most per tick (a backlog is caught up over ticks).
+    batch_size: int = Field(20_000, ge=1)
+    max_per_tick: int = Field(500_000, ge=1)
+    #: PostgreSQL: how long a tick waits for the writers that were mid-transaction when it read the logs' ends
+    #: (their rows may still commit below those ends); if they are not done, the next tick picks up from there.
+    barrier_wait_seconds: float = Field(2.0, ge=0)
+
+
 class Settings(BaseSettings):
     """Everything carenotify can be told. See ``settings.toml`` for the defaults and their meaning."""
 
@@ -196,6 +213,7 @@ class Settings(BaseSettings):
     provider: ProviderSettings = Field(default_factory=ProviderSettings)
     scheduling: SchedulingSettings = Field(default_factory=SchedulingSettings)
     campaigns: CampaignSettings = Field(default_factory=CampaignSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     # Secrets: environment only (see SECRET_FIELDS).
     fcm_service_account_json: SecretStr | None = None

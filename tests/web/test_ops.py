@@ -66,6 +66,7 @@ def _check_metrics(app: App, client: TestClient) -> None:
     )
 
     drain(app)
+    app.roll_up_metrics()  # the scheduler's metrics_rollup job: settled counts come from its rollup
     after = _samples(client)
     assert after[("carenotify_queue_depth", (("queue", "deliveries"),))] == 0
     states = {labels: value for (name, labels), value in after.items() if name == "carenotify_notifications" and value}
