@@ -50,3 +50,34 @@ def post_emails(keys: list[str]) -> None:
     url = str(httpx.URL(os.environ["BENCH_SINK_URL"]).copy_with(path="/v3/mail/send"))
     for key in keys:
         client.post(url, json=sendgrid_single(key), headers={"authorization": "Bearer bench"}).raise_for_status()
+
+
+def main() -> None:
+    """Run these actors in this process as `carenotify worker` runs its own (``worker.runtime.start_worker``): one
+    ``dramatiq.Worker`` with ``--threads`` threads and a 250 ms idle poll cap (``worker_timeout``; the dramatiq
+    CLI's is 1,000 ms, which alone makes an idle-ish baseline late), until SIGTERM or SIGINT.
+
+        BENCH_REDIS_URL=... BENCH_NAMESPACE=... BENCH_SINK_URL=... python -m bench.bare_actor --threads 4
+    """
+    import argparse
+    import signal
+    import threading
+
+    parser = argparse.ArgumentParser(description="the bare baseline's worker process")
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--worker-timeout", type=int, default=250, help="idle poll cap, ms")
+    args = parser.parse_args()
+    broker.emit_after("process_boot")
+    worker = dramatiq.Worker(broker, worker_threads=args.threads, worker_timeout=args.worker_timeout)
+    worker.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
+    worker.stop(timeout=30_000)
+    broker.close()
+
+
+if __name__ == "__main__":
+    main()

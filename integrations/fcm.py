@@ -33,22 +33,38 @@ ERROR_CODES: dict[str, Outcome] = {
 }
 
 
-def _error_parts(body: Any) -> tuple[str | None, str, bool]:
-    """(FcmError errorCode, message, has field violations) from an FCM error body."""
-    error = body.get("error", {}) if isinstance(body, dict) else {}
-    code = None
+#: FcmError codes that say the device token itself is dead: only these (and the invalid-token answer) prune.
+DEAD_TOKEN_CODES = frozenset({"UNREGISTERED", "SENDER_ID_MISMATCH"})
+
+
+def _error_parts(body: Any) -> tuple[str | None, str | None, str, bool]:
+    """(FcmError errorCode, google.rpc status, message, has field violations) from an FCM error body."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return None, None, "", False
+    fcm_code = None
     violations = False
-    for detail in error.get("details", []) or []:
-        kind = detail.get("@type", "")
+    details = error.get("details")
+    for detail in details if isinstance(details, list) else []:
+        if not isinstance(detail, dict):
+            continue
+        kind = str(detail.get("@type", ""))
         if kind.endswith("google.firebase.fcm.v1.FcmError"):
-            code = detail.get("errorCode")
+            fcm_code = str(detail.get("errorCode") or "") or None
         elif kind.endswith("google.rpc.BadRequest") and detail.get("fieldViolations"):
             violations = True
-    return code or error.get("status"), str(error.get("message", "")), violations
+    status_name = str(error.get("status") or "") or None
+    return fcm_code, status_name, str(error.get("message", "")), violations
 
 
 def classify(response: httpx.Response, retry_after: float | None) -> SendResult:
-    """Map one FCM answer to exactly one outcome."""
+    """Map one FCM answer to exactly one outcome.
+
+    A device is pruned only when FCM itself says its token is dead (an ``FcmError`` ``UNREGISTERED`` or
+    ``SENDER_ID_MISMATCH``, or the invalid-registration-token answer). A 404 without that (a wrong project id
+    or base URL: Google's bare ``NOT_FOUND``, or a proxy's page) says nothing about the device, and pruning on
+    it would empty the device table of a misconfigured deployment: it is a config error.
+    """
     status = response.status_code
     if status == 200:
         return SendResult(outcome=Outcome.ACCEPTED, provider_ref=str(response.json().get("name", "")) or None)
@@ -56,12 +72,19 @@ def classify(response: httpx.Response, retry_after: float | None) -> SendResult:
         body = response.json()
     except ValueError:
         body = {}
-    code, message, violations = _error_parts(body)
+    fcm_code, status_name, message, violations = _error_parts(body)
+    code = fcm_code or status_name
     label = code or str(status)
     if code == "INVALID_ARGUMENT" and not violations and "registration token" in message:
         return SendResult(outcome=Outcome.TOKEN_DEAD, error_code=label, detail="not a valid registration token")
-    if code in ("UNREGISTERED", "SENDER_ID_MISMATCH") or status == 404:
+    if fcm_code in DEAD_TOKEN_CODES:
         return SendResult(outcome=Outcome.TOKEN_DEAD, error_code=label)
+    if status == 404:
+        return SendResult(
+            outcome=Outcome.CONFIG_ERROR,
+            error_code=label,
+            detail="HTTP 404 without an FCM error: check provider.fcm_project_id and provider.fcm_base_url",
+        )
     if code == "QUOTA_EXCEEDED" or status == 429:
         return SendResult(outcome=Outcome.RETRY, error_code=label, retry_after=max(retry_after or 0.0, QUOTA_MIN_DELAY))
     if status in (500, 503) or code in ("UNAVAILABLE", "INTERNAL"):

@@ -9,6 +9,7 @@ from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from worker.bootstrap import App
+from worker.web.retention import purge_expired
 
 log = structlog.get_logger(__name__)
 
@@ -28,6 +29,18 @@ def launch_campaigns(app: App) -> int:
 def roll_up_metrics(app: App) -> int:
     """Fold the notification and attempt logs' new rows into the counts /metrics reads (settled states, calls)."""
     return app.roll_up_metrics()
+
+
+def purge_web_records(app: App) -> int:
+    """Delete expired Idempotency-Keys and webhook receipts, a small batch per transaction."""
+    purged = purge_expired(app.engine, app.clock, app.settings.web)
+    if purged.idempotency_keys or purged.webhook_receipts:
+        log.info(
+            "web_retention.purged",
+            idempotency_keys=purged.idempotency_keys,
+            webhook_receipts=purged.webhook_receipts,
+        )
+    return purged.idempotency_keys + purged.webhook_receipts
 
 
 def add_jobs(scheduler: S, app: App) -> S:
@@ -58,6 +71,16 @@ def add_jobs(scheduler: S, app: App) -> S:
         seconds=app.settings.metrics.rollup_interval_seconds,
         args=[app],
         id="metrics_rollup",
+        max_instances=1,
+        coalesce=True,
+        replace_existing=True,
+    )
+    scheduler.add_job(
+        purge_web_records,
+        "interval",
+        seconds=app.settings.web.retention_interval_seconds,
+        args=[app],
+        id="web_retention",
         max_instances=1,
         coalesce=True,
         replace_existing=True,

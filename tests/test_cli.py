@@ -76,11 +76,11 @@ def test_healthz_reports_database(make_app) -> None:  # type: ignore[no-untyped-
 
 
 def test_api_key_create_prints_a_key_that_the_api_accepts(tmp_path: Path, make_app) -> None:  # type: ignore[no-untyped-def]
-    created = _run(["api-key", "create", "care-platform"], tmp_path)
+    created = _run(["api-key", "create", "care-platform", "--scopes", "patients"], tmp_path)
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip()
     assert key.startswith("cn_") and "cannot be shown again" in created.stderr
-    again = _run(["api-key", "create", "care-platform"], tmp_path)
+    again = _run(["api-key", "create", "care-platform", "--scopes", "patients"], tmp_path)
     assert again.returncode == 2 and "name: an API client with that name exists" in again.stderr
 
     app = make_app(database_url=f"sqlite:///{tmp_path / 'cli.db'}")
@@ -151,7 +151,7 @@ def _free_port() -> int:
 
 def test_web_serves_the_api_over_http_and_stops_on_sigterm(tmp_path: Path) -> None:
     assert _run(["db", "upgrade"], tmp_path).returncode == 0
-    key = _run(["api-key", "create", "care-platform"], tmp_path).stdout.strip()
+    key = _run(["api-key", "create", "care-platform", "--scopes", "notify,patients,read"], tmp_path).stdout.strip()
     port = _free_port()
     web = _spawn(["web", "--host", "127.0.0.1", "--port", str(port)], tmp_path)
     base = f"http://127.0.0.1:{port}"
@@ -280,3 +280,17 @@ def test_dead_letters_list_and_replay(tmp_path: Path, make_app, redis_namespace:
     assert queue_depths(app.broker)["deliveries"] == 1  # queued again for a (fixed) worker
     empty = _run(["dead-letters", "list"], tmp_path, **env)
     assert empty.stdout == "" and "no dead letters" in empty.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "web"])
+def test_a_taken_port_is_a_clear_error_not_a_process_without_http(tmp_path: Path, command: str) -> None:
+    # Before, `run` printed "running" and went on without HTTP (uvicorn's bind failure ended only its thread).
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        once = ["--once"] if command == "run" else []  # were it to start, `run --once` would exit by itself
+        result = _run([command, "--host", "127.0.0.1", "--port", str(port), *once], tmp_path)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "in use" in result.stderr
+    assert "running" not in result.stdout and "Traceback" not in result.stderr

@@ -85,3 +85,48 @@ def test_bad_database_url_does_not_echo_credentials() -> None:
     with pytest.raises(ConfigError, match="CARENOTIFY_DATABASE_URL") as info:
         make_engine("::not a url:: hunter2")
     assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("toml", "variable"),
+    [
+        # A table that is not the active one is still committed to the repository.
+        ('[default]\nenv = "embedded"\n[staging]\ntwilio_auth_token = "hunter2"\n', "CARENOTIFY_TWILIO_AUTH_TOKEN"),
+        ('signing_key = "hunter2"\n[default]\nenv = "embedded"\n', "CARENOTIFY_SIGNING_KEY"),
+        ('[default.provider]\nsendgrid_api_key = "hunter2"\n', "CARENOTIFY_PROVIDER__SENDGRID_API_KEY"),
+        # A password inside a URL is a secret too, in any table.
+        ('[default]\ndatabase_url = "postgresql+psycopg://app:hunter2@db:5432/cn"\n', "CARENOTIFY_DATABASE_URL"),
+        ('[production]\nredis_url = "redis://:hunter2@cache:6379/0"\n', "CARENOTIFY_REDIS_URL"),
+        ('[staging.provider]\ninapp_url = "https://svc:hunter2@inapp.example/v1"\n', "CARENOTIFY_PROVIDER__INAPP_URL"),
+    ],
+)
+def test_secrets_are_refused_in_every_table_and_inside_urls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, toml: str, variable: str
+) -> None:
+    path = tmp_path / "settings.toml"
+    path.write_text(toml)
+    monkeypatch.setenv("CARENOTIFY_SETTINGS_FILE", str(path))
+    monkeypatch.delenv("CARENOTIFY_ENV", raising=False)
+    with pytest.raises(ConfigError, match=variable) as info:
+        load_settings()
+    assert "hunter2" not in str(info.value)
+
+
+def test_urls_without_passwords_and_the_shipped_file_are_accepted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "settings.toml"
+    path.write_text(
+        '[default]\ndatabase_url = "postgresql+psycopg://carenotify@db:5432/cn"\n'
+        '[staging]\nredis_url = "redis://cache:6379/0"\npublic_base_url = "https://notify.example"\n'
+    )
+    monkeypatch.setenv("CARENOTIFY_SETTINGS_FILE", str(path))
+    monkeypatch.setenv("CARENOTIFY_ENV", "staging")
+    assert load_settings().redis_url == "redis://cache:6379/0"
+    monkeypatch.delenv("CARENOTIFY_SETTINGS_FILE")
+    for env in ("embedded", "production"):
+        monkeypatch.setenv("CARENOTIFY_ENV", env)
+        assert load_settings().env == env
+    # The environment is where a URL's password belongs.
+    monkeypatch.setenv("CARENOTIFY_DATABASE_URL", "postgresql+psycopg://app:from-env@db:5432/cn")
+    assert load_settings().database_url.endswith("@db:5432/cn")

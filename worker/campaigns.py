@@ -96,11 +96,12 @@ class Audience(BaseModel):
     def _zones(cls, value: list[str] | None) -> list[str] | None:
         if value is None:
             return None
-        for zone in value:
+        for index, zone in enumerate(value):
             try:
                 ZoneInfo(zone)
             except (ZoneInfoNotFoundError, ValueError):
-                raise ValueError(f"unknown IANA time zone {zone[:64]!r}") from None
+                # Named by position, never echoed: a refusal does not repeat what was sent.
+                raise ValueError(f"entry {index} is not a known IANA time zone name") from None
         return sorted(set(value))
 
     def conditions(self) -> list[ColumnElement[bool]]:

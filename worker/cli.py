@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 import uuid
 from collections.abc import Sequence
 
+from worker.api_key_cli import add_api_key_commands
 from worker.bootstrap import App, build_app
 from worker.categories import Category
 from worker.errors import CarenotifyError, NotFound
@@ -24,25 +24,34 @@ def _app(settings: Settings) -> App:
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     """Worker, scheduler and web in one process: the embedded default."""
-    import uvicorn
     from apscheduler.schedulers.background import BackgroundScheduler
 
     from jobs.scheduler import add_jobs
     from worker.demo import seed_demo
-    from worker.runtime import start_worker, stop_worker
+    from worker.runtime import bind_http, http_server, start_http_thread, start_worker, stop_worker
     from worker.web.app import create_web_app
 
+    # Listen first: a taken port stops here, before anything runs, with the reason (exit 2).
+    sock = bind_http(args.host, args.port)
+    port = sock.getsockname()[1]
     app = _app(settings)
     upgrade(app.engine)
     worker = start_worker(app)
     scheduler = add_jobs(BackgroundScheduler(timezone="UTC"), app)
     scheduler.start()
-    if args.demo:
-        seed_demo(app)
-    server = uvicorn.Server(uvicorn.Config(create_web_app(app), host=args.host, port=args.port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="web", daemon=True)
-    thread.start()
-    print(f"carenotify running (env={settings.env}, broker={settings.broker}); http://{args.host}:{args.port}/healthz")
+    server = http_server(create_web_app(app), log_level="warning")
+    try:
+        if args.demo:
+            seed_demo(app)
+        start_http_thread(server, sock)
+    except BaseException:
+        server.should_exit = True
+        scheduler.shutdown(wait=False)
+        stop_worker(app, worker)
+        app.close()
+        sock.close()
+        raise
+    print(f"carenotify running (env={settings.env}, broker={settings.broker}); http://{args.host}:{port}/healthz")
     try:
         if args.once:
             app.broker.join(settings.queue_name, timeout=30_000)
@@ -91,15 +100,17 @@ def cmd_scheduler(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
-    import uvicorn
-
+    from worker.runtime import bind_http, http_server
     from worker.web.app import create_web_app
 
+    sock = bind_http(args.host, args.port)  # a taken port is one clear line and exit 2, not a uvicorn log
     app = _app(settings)
+    print(f"carenotify web listening on http://{args.host}:{sock.getsockname()[1]}", flush=True)
     try:
-        uvicorn.run(create_web_app(app), host=args.host, port=args.port, log_level="info")
+        http_server(create_web_app(app), log_level="info").run(sockets=[sock])
     finally:
         app.close()
+        sock.close()
     return 0
 
 
@@ -143,36 +154,6 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         app.close()
     print(json.dumps(report, indent=2))
-    return 0
-
-
-def cmd_api_key_create(settings: Settings, args: argparse.Namespace) -> int:
-    """Register an API client and print its key: shown this once, stored only as a digest."""
-    from worker.web.auth import create_api_key
-
-    app = _app(settings)
-    try:
-        upgrade(app.engine)
-        key = create_api_key(app.engine, app.clock, args.name)
-    finally:
-        app.close()
-    print(key)
-    print(f"API key for {args.name!r}: store it now, it cannot be shown again.", file=sys.stderr)
-    return 0
-
-
-def cmd_api_key_revoke(settings: Settings, args: argparse.Namespace) -> int:
-    from worker.web.auth import revoke_api_key
-
-    app = _app(settings)
-    try:
-        revoked = revoke_api_key(app.engine, app.clock, args.name)
-    finally:
-        app.close()
-    if not revoked:
-        print(f"no live API client named {args.name!r}", file=sys.stderr)
-        return 1
-    print(f"revoked {args.name}")
     return 0
 
 
@@ -282,14 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("id", type=int)
     status.set_defaults(func=cmd_status)
 
-    api_key = sub.add_parser("api-key", help="API clients of the HTTP API")
-    api_key_sub = api_key.add_subparsers(dest="api_key_command", required=True)
-    create = api_key_sub.add_parser("create", help="create a client and print its key (once)")
-    create.add_argument("name", help="the client's name, e.g. care-platform")
-    create.set_defaults(func=cmd_api_key_create)
-    revoke = api_key_sub.add_parser("revoke", help="stop accepting a client's key")
-    revoke.add_argument("name")
-    revoke.set_defaults(func=cmd_api_key_revoke)
+    add_api_key_commands(sub)  # create --scopes, add-key, rotate, revoke [--key-id], set-scopes, list
 
     dead = sub.add_parser("dead-letters", help="messages the broker gave up on")
     dead_sub = dead.add_subparsers(dest="dead_letters_command", required=True)

@@ -10,6 +10,10 @@ import structlog
 from worker.settings import Settings
 
 
+def _drop_all(_record: logging.LogRecord) -> bool:
+    return False
+
+
 def configure_logging(settings: Settings) -> None:
     """Called once by each process entry point (never at import)."""
     level = getattr(logging, settings.log_level.upper(), logging.INFO)
@@ -18,6 +22,13 @@ def configure_logging(settings: Settings) -> None:
     # which carry APNs device tokens. Their warnings and errors still show.
     for noisy in ("apscheduler.executors", "apscheduler.scheduler", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    # uvicorn's access log writes each request's concrete path and query: patient refs, unsubscribe tokens.
+    # Our servers are built with access_log=False and worker.web.access_log writes a route-template line
+    # instead; this filter drops uvicorn's lines even if a server is started with it on (a filter survives
+    # the dictConfig uvicorn applies at start-up, a level or ``disabled`` does not).
+    access = logging.getLogger("uvicorn.access")
+    if _drop_all not in access.filters:
+        access.addFilter(_drop_all)
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
         if settings.log_format == "json"

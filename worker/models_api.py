@@ -16,12 +16,31 @@ from worker.models import BigId
 
 
 class ApiClient(SQLModel, table=True):
-    """A caller of the API (the care platform, an internal tool). ``key_id`` is the public part of its key."""
+    """A caller of the API (the care platform, an internal tool): what it may do, and its keys (:class:`ApiKey`).
+
+    Idempotency-Key records belong to the client, not to a key, so a rotated key replays its predecessor's answers.
+    """
 
     __tablename__ = "api_client"
 
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(max_length=64, unique=True)
+    #: What it may do: scope names, comma-separated, sorted (``worker.web.auth.Scope``).
+    scopes: str = Field(max_length=200)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    #: Set when the client is revoked: none of its keys is accepted any more.
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class ApiKey(SQLModel, table=True):
+    """One key of a client. A client may hold several at once, so a key is rotated without a new client."""
+
+    __tablename__ = "api_key"
+
+    id: int | None = Field(default=None, primary_key=True)
+    client_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("api_client.id", ondelete="CASCADE"), nullable=False, index=True)
+    )
     #: Public, non-secret prefix of the key, used to find the row before the constant-time digest compare.
     key_id: str = Field(max_length=16, unique=True, index=True)
     key_sha256: str = Field(max_length=64)

@@ -101,15 +101,33 @@ def apply_twilio_status(engine: Engine, clock: Clock, form: Mapping[str, str]) -
     return result
 
 
+#: Notification ids are BIGINT: anything larger is not one of ours (and would overflow the query).
+_MAX_ID = 2**63 - 1
+
+
+def _notification_id(raw: object) -> int | None:
+    """Our ``notification_id`` custom arg (a string of ASCII digits, or a number), or None if it cannot be one.
+
+    ``str.isdigit`` alone also accepts "²" and other Unicode digits that ``int`` refuses.
+    """
+    if isinstance(raw, bool) or not isinstance(raw, str | int):
+        return None
+    text = str(raw)
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:
+        return None
+    value = int(text)
+    return value if 1 <= value <= _MAX_ID else None
+
+
 def apply_sendgrid_events(engine: Engine, clock: Clock, events: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     """A batch of SendGrid Event Webhook events; matched by our ``notification_id`` custom arg."""
     counts: dict[str, int] = {}
     for event in events:
         kind = str(event.get("event", ""))
-        raw_id = event.get("notification_id")
+        notification_id = _notification_id(event.get("notification_id"))
         result = "ignored"
-        if raw_id is not None and str(raw_id).isdigit():
-            result = _apply_sendgrid_event(engine, clock, int(str(raw_id)), kind, event)
+        if notification_id is not None:
+            result = _apply_sendgrid_event(engine, clock, notification_id, kind, event)
         counts[result] = counts.get(result, 0) + 1
     return counts
 

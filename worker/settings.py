@@ -14,6 +14,7 @@ import tomllib
 from datetime import time
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
@@ -81,7 +82,9 @@ class ProviderSettings(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    http_timeout_seconds: float = Field(10.0, gt=0, le=60)
+    #: How long one provider call may take. Well above a healthy provider's slowest answer: a call that times out
+    #: has an unknown outcome, and its retry may repeat a send the provider did take.
+    http_timeout_seconds: float = Field(30.0, gt=0, le=60)
     fcm_project_id: str | None = None
     fcm_base_url: str = "https://fcm.googleapis.com"
     apns_key_id: str | None = None
@@ -93,6 +96,10 @@ class ProviderSettings(BaseModel):
     twilio_from_number: str | None = None
     twilio_messaging_service_sid: str | None = None
     twilio_status_callback_url: str | None = None
+    #: The public URL Twilio posts inbound texts to (the number's or messaging service's webhook): what Twilio
+    #: signs. Without it /webhooks/twilio/sms answers 503: a URL rebuilt from the request's Host header would
+    #: accept a signature captured on another host.
+    twilio_inbound_url: str | None = None
     twilio_base_url: str = "https://api.twilio.com"
     sendgrid_from_email: str | None = None
     sendgrid_from_name: str = "Partum Health"
@@ -170,6 +177,47 @@ class MetricsSettings(BaseModel):
     barrier_wait_seconds: float = Field(2.0, ge=0)
 
 
+class WebSettings(BaseModel):
+    """The HTTP ingress: request size limits, and how long idempotency keys and webhook receipts are kept."""
+
+    model_config = {"extra": "forbid"}
+
+    #: Largest request body accepted (bytes), checked before any of it is read: every API body is far smaller.
+    max_body_bytes: int = Field(64 * 1024, ge=1024)
+    #: The same for ``/webhooks/``: SendGrid posts event batches of up to 768 KB, Twilio a few KB of form fields.
+    max_webhook_body_bytes: int = Field(1024 * 1024, ge=1024)
+    #: An Idempotency-Key replays its first answer this long; after it the key may be used afresh.
+    idempotency_key_hours: float = Field(24.0, gt=0)
+    #: A key still marked in progress after this long belongs to a request that died: the next request with it
+    #: (same body) takes it over instead of getting 409 for ever.
+    idempotency_in_progress_seconds: float = Field(60.0, gt=0)
+    #: How long a provider callback's receipt is kept to recognise the provider's retries (SendGrid: 24 h).
+    webhook_receipt_hours: float = Field(168.0, gt=0)
+    #: The scheduler's ``web_retention`` job: how often, rows per delete, and at most per tick.
+    retention_interval_seconds: float = Field(60.0, gt=0)
+    retention_batch_size: int = Field(500, ge=1, le=10_000)
+    retention_max_per_tick: int = Field(50_000, ge=1)
+
+
+class PatientSettings(BaseModel):
+    """What contact data the platform's patients may give."""
+
+    model_config = {"extra": "forbid"}
+
+    #: Phone numbers must belong to one of these regions (``phonenumbers`` region codes, e.g. US, PR, CA).
+    phone_regions: list[str] = Field(default_factory=lambda: ["US"], min_length=1)
+
+    @field_validator("phone_regions")
+    @classmethod
+    def _known_regions(cls, value: list[str]) -> list[str]:
+        import phonenumbers
+
+        unknown = [region for region in value if region not in phonenumbers.SUPPORTED_REGIONS]
+        if unknown:
+            raise ValueError(f"unknown phone region code(s): {', '.join(unknown)}")
+        return value
+
+
 class Settings(BaseSettings):
     """Everything carenotify can be told. See ``settings.toml`` for the defaults and their meaning."""
 
@@ -214,6 +262,8 @@ class Settings(BaseSettings):
     scheduling: SchedulingSettings = Field(default_factory=SchedulingSettings)
     campaigns: CampaignSettings = Field(default_factory=CampaignSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
+    patients: PatientSettings = Field(default_factory=PatientSettings)
 
     # Secrets: environment only (see SECRET_FIELDS).
     fcm_service_account_json: SecretStr | None = None
@@ -284,6 +334,38 @@ def _deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
+def _has_password(value: str) -> bool:
+    """``scheme://user:password@host...``: a credential inside a URL (database_url, redis_url, any URL)."""
+    if "://" not in value or "@" not in value:
+        return False
+    try:
+        return bool(urlsplit(value).password)
+    except ValueError:
+        return False
+
+
+def _secrets_in(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """(where, environment variable) for every secret found in any table of settings.toml: a secret's key, or a
+    URL carrying a password. Never the value itself."""
+    found: list[tuple[str, str]] = []
+
+    def walk(node: dict[str, Any], path: list[str]) -> None:
+        for key, value in node.items():
+            here = [*path, str(key)]
+            # The first part of a path is the table ([default], [production], ...), not part of the key.
+            variable = ENV_PREFIX + "__".join(here[1:] if len(here) > 1 else here).upper()
+            where = f"[{here[0]}] {'.'.join(here[1:])}" if len(here) > 1 else str(key)
+            if isinstance(value, dict):
+                walk(value, here)
+            elif str(key).lower() in SECRET_FIELDS:
+                found.append((where, variable))
+            elif isinstance(value, str) and _has_password(value):
+                found.append((f"{where} (a password in a URL)", variable))
+
+    walk(data, [])
+    return found
+
+
 class _TomlSource(PydanticBaseSettingsSource):
     """``[default]`` overlaid by ``[<env>]`` from settings.toml; refuses secrets."""
 
@@ -302,11 +384,12 @@ class _TomlSource(PydanticBaseSettingsSource):
         env = os.environ.get(f"{ENV_PREFIX}ENV") or data.get("default", {}).get("env", "embedded")
         merged = _deep_merge(data.get("default", {}), data.get(env, {}))
         merged["env"] = env
-        leaked = sorted(SECRET_FIELDS & set(merged))
+        # Every table, not only the active one: a secret committed under [staging] is committed all the same.
+        leaked = _secrets_in(data)
         if leaked:
             raise ConfigError(
                 f"{path}: secrets must come from the environment, not settings.toml: "
-                + ", ".join(f"{ENV_PREFIX}{name.upper()}" for name in leaked)
+                + "; ".join(f"{where}: set {variable}" for where, variable in leaked)
             )
         return merged
 

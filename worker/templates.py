@@ -73,7 +73,8 @@ _SMS_STOP = {"en": "Reply STOP to opt out.", "es": "Responda STOP para cancelar.
 _EMAIL_UNSUBSCRIBE = {"en": "Unsubscribe: {url}", "es": "Cancelar suscripción: {url}"}
 
 
-#: The one reply to an SMS keyword (TCPA: a confirmation, no marketing; HELP: who we are and how to stop).
+#: The one reply to an SMS keyword (TCPA: a confirmation, no marketing; HELP: who we are and how to stop; an unclear
+#: reply: one clarifying question).
 _SMS_REPLIES: dict[tuple[str, str], str] = {
     (
         "opt_out",
@@ -90,6 +91,11 @@ _SMS_REPLIES: dict[tuple[str, str], str] = {
         "help",
         "es",
     ): "Avisos de Partum Health. Pueden aplicarse tarifas. Responda STOP para cancelar. support@partumhealth.com",
+    # A reply that used a revocation word in another sense: ask once, record nothing until she answers.
+    ("clarify", "en"): "Did you want to stop texts from us? Reply STOP to confirm. This number cannot answer "
+    "questions: please use the app.",
+    ("clarify", "es"): "¿Desea dejar de recibir nuestros mensajes? Responda STOP para confirmar. Este número no "
+    "responde preguntas: use la aplicación.",
 }
 
 

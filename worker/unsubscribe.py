@@ -34,23 +34,27 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def make_token(
-    key: str,
-    *,
-    patient_id: int,
-    now: datetime,
-    channel: Channel = Channel.EMAIL,
-    category: Category = Category.MARKETING,
-    ttl: timedelta = DEFAULT_TTL,
-) -> str:
-    payload = _b64(
-        json.dumps(
-            {"p": patient_id, "ch": channel.value, "c": category.value, "exp": int((now + ttl).timestamp())},
-            separators=(",", ":"),
-        ).encode()
-    )
+#: What a link is for, and the only thing a token may do: stop marketing email. Care messages, account notices
+#: and other channels are never switched off by a link, whatever a (validly signed) payload claims.
+LINK_CHANNEL = Channel.EMAIL
+LINK_CATEGORY = Category.MARKETING
+#: Largest patient id either database holds.
+_MAX_ID = 2**63 - 1
+
+
+def sign_payload(key: str, data: object) -> str:
+    """``<base64url JSON>.<base64url HMAC-SHA256>`` of ``data`` (tests use it to forge-with-the-key)."""
+    payload = _b64(json.dumps(data, separators=(",", ":")).encode())
     signature = _b64(hmac.new(key.encode(), payload.encode(), hashlib.sha256).digest())
     return f"{payload}.{signature}"
+
+
+def make_token(key: str, *, patient_id: int, now: datetime, ttl: timedelta = DEFAULT_TTL) -> str:
+    """A link token: marketing email, for this patient, until ``now + ttl``."""
+    return sign_payload(
+        key,
+        {"p": patient_id, "ch": LINK_CHANNEL.value, "c": LINK_CATEGORY.value, "exp": int((now + ttl).timestamp())},
+    )
 
 
 def make_unsubscribe_url(base_url: str, key: str, *, patient_id: int, now: datetime) -> str:
@@ -58,7 +62,11 @@ def make_unsubscribe_url(base_url: str, key: str, *, patient_id: int, now: datet
 
 
 def read_token(key: str, token: str, now: datetime) -> tuple[int, Channel, Category]:
-    """Verify signature and expiry; raises :class:`InvalidInput` (field ``token``) otherwise."""
+    """Verify signature, shape, purpose and expiry; raises :class:`InvalidInput` (field ``token``) otherwise.
+
+    The signature proves we minted the payload, not that it is one a link may carry: a payload that is not
+    an object, lacks a field, or names another channel or category is refused too (a 4xx, never a 500).
+    """
     try:
         payload, signature = token.split(".", 1)
         expected = _b64(hmac.new(key.encode(), payload.encode(), hashlib.sha256).digest())
@@ -67,9 +75,20 @@ def read_token(key: str, token: str, now: datetime) -> tuple[int, Channel, Categ
         data = json.loads(_unb64(payload))
     except (ValueError, json.JSONDecodeError):
         raise InvalidInput("token", "malformed") from None
-    if int(data["exp"]) < now.timestamp():
+    if not isinstance(data, dict):
+        raise InvalidInput("token", "malformed")
+    patient_id, expires = data.get("p"), data.get("exp")
+    if (
+        type(patient_id) is not int  # not a bool, a float or a string
+        or type(expires) is not int
+        or not 1 <= patient_id <= _MAX_ID
+    ):
+        raise InvalidInput("token", "malformed")
+    if data.get("ch") != LINK_CHANNEL.value or data.get("c") != LINK_CATEGORY.value:
+        raise InvalidInput("token", "a link may only unsubscribe from marketing email")
+    if expires < now.timestamp():
         raise InvalidInput("token", "expired")
-    return int(data["p"]), Channel(data["ch"]), Category(data["c"])
+    return patient_id, LINK_CHANNEL, LINK_CATEGORY
 
 
 def apply_unsubscribe_token(engine: Engine, clock: Clock, key: str, token: str) -> bool:

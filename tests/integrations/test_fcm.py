@@ -81,6 +81,16 @@ ROWS = [
         30.0,
     ),
     ("500 INTERNAL", 500, _err(500, "INTERNAL", "Internal error"), {}, Outcome.RETRY, None),
+    # A wrong project id: Google's bare NOT_FOUND, no FcmError. Nothing is known about the device: keep it.
+    (
+        "404 NOT_FOUND without FcmError (wrong project)",
+        404,
+        _err(404, None, "Requested entity was not found.", status_name="NOT_FOUND"),
+        {},
+        Outcome.CONFIG_ERROR,
+        None,
+    ),
+    ("404 empty JSON (wrong base URL)", 404, {}, {}, Outcome.CONFIG_ERROR, None),
 ]
 
 
@@ -155,3 +165,13 @@ def test_connect_error_is_retried_in_process_then_reported_as_retry(fcm: FcmProv
     route.side_effect = httpx.ConnectError("refused")
     result = fcm.send(message=make_message())
     assert result.outcome is Outcome.RETRY and result.error_code == "network"
+
+
+@respx.mock
+def test_an_unexplained_404_never_prunes_a_device(fcm: FcmProvider) -> None:
+    """A proxy's or a wrong host's 404 page (not JSON) is our configuration, not a dead token."""
+    respx.post(TOKEN).respond(200, json={"access_token": "t", "expires_in": 3600, "token_type": "Bearer"})
+    respx.post(SEND).respond(404, text="<html><body>404 Not Found</body></html>", headers={"content-type": "text/html"})
+    result = fcm.send(message=make_message())
+    assert result.outcome is Outcome.CONFIG_ERROR and result.error_code == "404"
+    assert "fcm_project_id" in (result.detail or "")

@@ -21,6 +21,8 @@ from worker.web.auth import create_api_key
 #: The Twilio auth token and SendGrid Event Webhook key pair the test app verifies callbacks with.
 TWILIO_TOKEN = "test-twilio-auth-token-0123456789"
 SIGNING_KEY = "test-signing-key-for-unsubscribe-links"
+TWILIO_STATUS_URL = "http://testserver/webhooks/twilio/status"
+TWILIO_INBOUND_URL = "http://testserver/webhooks/twilio/sms"
 SENDGRID_KEY = ec.generate_private_key(ec.SECP256R1())
 SENDGRID_PUBLIC = base64.b64encode(
     SENDGRID_KEY.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -50,7 +52,12 @@ def api(make_app) -> Iterator[Api]:  # type: ignore[no-untyped-def]
         providers=fake_providers(push=push, sms=sms, email=email),
         twilio_auth_token=TWILIO_TOKEN,
         signing_key=SIGNING_KEY,
-        provider={"sendgrid_event_public_key": SENDGRID_PUBLIC},
+        provider={
+            "sendgrid_event_public_key": SENDGRID_PUBLIC,
+            # The URLs Twilio signs are pinned by settings, never rebuilt from the request.
+            "twilio_status_callback_url": TWILIO_STATUS_URL,
+            "twilio_inbound_url": TWILIO_INBOUND_URL,
+        },
     )
     key = create_api_key(app.engine, app.clock, "care-platform")
     with TestClient(create_web_app(app)) as client:

@@ -63,7 +63,7 @@ def test_bad_requests_name_the_field(api: Api) -> None:
     assert_refused(post({**good, "channels": []}), 422, "channels")
     assert_refused(post({**good, "channels": ["fax"]}), 422, "channels.0")
     assert_refused(post({**good, "audience": {"condition": "ppd"}}), 422, "audience.condition")
-    assert_refused(post({**good, "audience": {"time_zones": ["Mars/Olympus"]}}), 422, "audience.time_zones")
+    assert_refused(post({**good, "audience": {"time_zones": ["Mars/Olympus"]}}), 422, "audience.time_zones.0")
     assert_refused(post({**good, "body": "Hi Maria, about your PPD"}), 422, "body")
     cid = _create(api)["campaign_id"]
     past = (api.app.clock.now() - timedelta(days=1)).isoformat()

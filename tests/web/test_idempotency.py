@@ -7,11 +7,12 @@ import json
 from sqlalchemy import func, select
 
 from tests.web.conftest import Api, add_patient, assert_refused
+from worker.clock import FrozenClock
 from worker.db import session_scope
 from worker.models import Notification, Patient
 from worker.models_api import IdempotencyRecord
 from worker.web.auth import create_api_key
-from worker.web.idempotency import request_fingerprint
+from worker.web.idempotency import Owner, _finish, request_fingerprint
 
 
 def _count(api: Api, model: type) -> int:
@@ -93,3 +94,73 @@ def test_unauthenticated_request_with_a_key_is_401_and_stores_nothing(api: Api) 
     )
     assert_refused(response, 401, "Authorization")
     assert _count(api, IdempotencyRecord) == 0
+
+
+def test_json_nested_too_deeply_for_the_parser_is_refused_not_a_crash(api: Api) -> None:
+    deep = b"[" * 30_000 + b"]" * 30_000  # 60 KB: within the size limit, far past the parser's nesting limit
+    for extra in ({"Idempotency-Key": "deep-1"}, {}):
+        headers = {**api.auth, "Content-Type": "application/json", **extra}
+        assert_refused(api.client.post("/v1/patients", content=deep, headers=headers), 400, "body")
+    assert _count(api, IdempotencyRecord) == 0  # refused: the key is released for a corrected retry
+
+
+def _in_progress(api: Api, key: str, body: dict[str, object], path: str = "/v1/patients") -> Owner:
+    """A key whose request died mid-way: recorded as in progress, never finished."""
+    with session_scope(api.app.engine) as session:
+        record = IdempotencyRecord(
+            client_id=1,
+            key=key,
+            method="POST",
+            path=path,
+            request_sha256=request_fingerprint("POST", path, b"", json.dumps(body).encode()),
+            created_at=api.app.clock.now(),
+        )
+        session.add(record)
+        session.flush()
+        assert record.id is not None
+        return Owner(record.id, record.created_at)
+
+
+def test_a_key_left_in_progress_by_a_dead_request_is_taken_over(api: Api, clock: FrozenClock) -> None:
+    body = {"external_ref": "a", "time_zone": "UTC"}
+    headers = {**api.auth, "Idempotency-Key": "orphan"}
+    dead = _in_progress(api, "orphan", body)
+    assert_refused(api.client.post("/v1/patients", json=body, headers=headers), 409, "Idempotency-Key")
+    clock.advance(seconds=api.app.settings.web.idempotency_in_progress_seconds - 1)
+    assert_refused(api.client.post("/v1/patients", json=body, headers=headers), 409, "Idempotency-Key")
+    clock.advance(seconds=2)  # past the in-progress timeout: the request that held the key is gone
+    # Another request under the key is still refused: taking over is for the same request only.
+    other = api.client.post("/v1/patients", json={**body, "external_ref": "b"}, headers=headers)
+    assert_refused(other, 422, "Idempotency-Key")
+    retried = api.client.post("/v1/patients", json=body, headers=headers)
+    assert retried.status_code == 200 and "idempotent-replayed" not in retried.headers
+    replay = api.client.post("/v1/patients", json=body, headers=headers)
+    assert replay.headers["idempotent-replayed"] == "true" and replay.json() == retried.json()
+    # Should the old request wake up after all, it can neither overwrite the answer nor release the key.
+    _finish(api.app.engine, dead, 200, b'{"stale": true}')
+    _finish(api.app.engine, dead, 500, None)
+    again = api.client.post("/v1/patients", json=body, headers=headers)
+    assert again.headers["idempotent-replayed"] == "true" and again.json() == retried.json()
+    assert _count(api, Patient) == 1 and _count(api, IdempotencyRecord) == 1
+
+
+def test_keys_expire_after_their_lifetime(api: Api, clock: FrozenClock) -> None:
+    add_patient(api, "pt-1")
+    headers = {**api.auth, "Idempotency-Key": "daily-1"}
+    first = api.client.post(
+        "/v1/care-team-messages", json={"patient_ref": "pt-1", "message_id": "m-1"}, headers=headers
+    )
+    assert first.status_code == 202
+    clock.advance(hours=api.app.settings.web.idempotency_key_hours - 0.01)
+    replay = api.client.post(
+        "/v1/care-team-messages", json={"patient_ref": "pt-1", "message_id": "m-1"}, headers=headers
+    )
+    assert replay.headers["idempotent-replayed"] == "true"
+    clock.advance(hours=0.02)
+    # A day on, the key is new again: another request under it runs (not refused as a reuse, nor replayed).
+    later = api.client.post(
+        "/v1/care-team-messages", json={"patient_ref": "pt-1", "message_id": "m-2"}, headers=headers
+    )
+    assert later.status_code == 202 and "idempotent-replayed" not in later.headers
+    assert later.json()["notification_id"] != first.json()["notification_id"]
+    assert _count(api, IdempotencyRecord) == 1

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from sqlalchemy import select
+
 from tests.conftest import load
 from tests.web.conftest import Api, add_patient, assert_refused, drain
-from worker.web.auth import create_api_key
+from worker.db import session_scope
+from worker.models import Notification
+from worker.web.auth import add_api_key, create_api_key
 
 
 def test_care_team_message_is_sent_and_its_status_tells_the_story(api: Api) -> None:
@@ -36,16 +40,37 @@ def test_no_device_falls_back_to_sms(api: Api) -> None:
     assert api.push.sent == [] and len(api.sms.sent) == 1
 
 
-def test_the_same_message_never_notifies_twice_but_another_client_is_separate(api: Api) -> None:
+def test_the_same_message_never_notifies_twice_whichever_client_or_key_sends_it(api: Api) -> None:
     add_patient(api, "pt-3")
     body = {"patient_ref": "pt-3", "message_id": "msg-9"}
     first = api.client.post("/v1/care-team-messages", json=body, headers=api.auth).json()
-    again = api.client.post("/v1/care-team-messages", json=body, headers=api.auth).json()
-    assert again == {"notification_id": first["notification_id"], "created": False}
-    other = create_api_key(api.app.engine, api.app.clock, "other-tool")
-    theirs = api.client.post("/v1/care-team-messages", json=body, headers={"Authorization": f"Bearer {other}"})
-    assert theirs.json()["created"] is True
+    expected = {"notification_id": first["notification_id"], "created": False}
+    assert first["created"] is True
+    assert api.client.post("/v1/care-team-messages", json=body, headers=api.auth).json() == expected
+    rotated = add_api_key(api.app.engine, api.app.clock, "care-platform")  # the same client, a new key
+    other = create_api_key(api.app.engine, api.app.clock, "other-tool", scopes="notify")  # another client
+    for key in (rotated, other):
+        again = api.client.post("/v1/care-team-messages", json=body, headers={"Authorization": f"Bearer {key}"})
+        assert again.status_code == 202 and again.json() == expected, again.text
     assert load(api.app, first["notification_id"]).context == {"message_ref": "msg-9"}
+    with session_scope(api.app.engine) as session:
+        assert len(session.scalars(select(Notification)).all()) == 1
+
+
+def test_the_same_message_id_for_another_patient_is_a_conflict(api: Api) -> None:
+    add_patient(api, "pt-a")
+    add_patient(api, "pt-b")
+    first = api.client.post(
+        "/v1/care-team-messages", json={"patient_ref": "pt-a", "message_id": "msg-1"}, headers=api.auth
+    )
+    assert first.status_code == 202 and first.json()["created"] is True
+    clash = api.client.post(
+        "/v1/care-team-messages", json={"patient_ref": "pt-b", "message_id": "msg-1"}, headers=api.auth
+    )
+    body = assert_refused(clash, 409, "message_id")
+    assert "notification_id" not in body and "pt-a" not in str(body), "nothing about the first patient leaks"
+    with session_scope(api.app.engine) as session:
+        assert len(session.scalars(select(Notification)).all()) == 1
 
 
 def test_refusals_name_the_field(api: Api) -> None:

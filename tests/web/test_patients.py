@@ -71,3 +71,73 @@ def test_erasure_deletes_the_patient_and_cancels_queued_work(api: Api) -> None:
     )
     bad = api.client.post("/v1/patients/x/erase", json={"reason": "she has postpartum depression"}, headers=api.auth)
     assert "depression" not in assert_refused(bad, 422, "reason")["message"]  # type: ignore[operator]
+
+
+def test_only_canonical_iana_zones_are_accepted(api: Api) -> None:
+    # tzdata ships these as files too, but none is the zone of a place: the machine's own zone, a placeholder,
+    # and the posix/ and right/ (leap-second) copies of the tree.
+    for zone in ("localtime", "Factory", "posixrules", "right/America/Chicago", "posix/America/Chicago"):
+        body = {"external_ref": "pt-tz", "time_zone": zone}
+        assert_refused(api.client.post("/v1/patients", json=body, headers=api.auth), 422, "time_zone")
+    campaign = {"name": "x", "template": "news", "channels": ["push"], "audience": {"time_zones": ["localtime"]}}
+    assert_refused(api.client.post("/v1/campaigns", json=campaign, headers=api.auth), 422, "audience.time_zones.0")
+    for zone in ("America/Chicago", "America/Puerto_Rico", "Pacific/Honolulu", "UTC"):
+        body = {"external_ref": f"pt-{zone}", "time_zone": zone}
+        assert api.client.post("/v1/patients", json=body, headers=api.auth).status_code == 200, zone
+    assert _count(api, Patient) == 4
+
+
+def test_only_textable_numbers_of_the_allowed_regions_are_accepted(api: Api) -> None:
+    refused = [
+        "+1 900 555 0123",  # premium rate: the patient's "phone" would bill whoever texts it
+        "+1 800 555 0123",  # toll free: a business line
+        "+1 500 555 0123",  # personal communication service number
+        "+44 7911 123456",  # a UK mobile: the platform is US-only
+        "+1 416 555 0123",  # Canada shares +1 but is not the US
+        "+44 20 7946 0958",  # a UK landline
+    ]
+    for phone in refused:
+        body = {"external_ref": "pt-ph", "time_zone": "UTC", "phone": phone}
+        answer = assert_refused(api.client.post("/v1/patients", json=body, headers=api.auth), 422, "phone")
+        assert phone.replace(" ", "")[-7:] not in str(answer)
+    ok = api.client.post(
+        "/v1/patients", json={"external_ref": "pt-ph", "time_zone": "UTC", "phone": "312-555-0142"}, headers=api.auth
+    )
+    assert ok.status_code == 200
+    assert _count(api, Patient) == 1
+
+
+def test_phone_regions_are_a_setting(make_app) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from worker.web.app import create_web_app
+    from worker.web.auth import create_api_key
+
+    app = make_app(patients={"phone_regions": ["US", "PR"]})
+    auth = {"Authorization": f"Bearer {create_api_key(app.engine, app.clock, 'care-platform')}"}
+    with TestClient(create_web_app(app)) as client:
+        for ref, phone, status in (("pr", "+1 787 555 0123", 200), ("ca", "+1 416 555 0123", 422)):
+            body = {"external_ref": ref, "time_zone": "America/Puerto_Rico", "phone": phone}
+            assert client.post("/v1/patients", json=body, headers=auth).status_code == status, phone
+
+
+def test_email_addresses_need_a_real_domain(api: Api) -> None:
+    for email in (
+        "a@b",
+        "pt@localhost",
+        "pt@example.",
+        "pt@.org",
+        "pt..x@example.org",
+        ".pt@example.org",
+        "pt@exa_mple.org",
+        "pt@-example.org",
+        "pt@1.2.3.4",
+        "pt@example.c",
+        '"p t"@example.org',
+    ):
+        body = {"external_ref": "pt-em", "time_zone": "UTC", "email": email}
+        answer = assert_refused(api.client.post("/v1/patients", json=body, headers=api.auth), 422, "email")
+        assert email not in str(answer)
+    for i, email in enumerate(("pt@example.org", "first.last+tag@mail.example.co.uk", "josé@exämple.de")):
+        body = {"external_ref": f"pt-em-{i}", "time_zone": "UTC", "email": email}
+        assert api.client.post("/v1/patients", json=body, headers=api.auth).status_code == 200, email

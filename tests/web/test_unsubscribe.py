@@ -8,7 +8,7 @@ from tests.conftest import create_patient
 from tests.web.conftest import SIGNING_KEY, Api, assert_refused
 from worker.consent import current_consent
 from worker.db import session_scope
-from worker.unsubscribe import make_token
+from worker.unsubscribe import make_token, sign_payload
 
 
 def _consent(api: Api, patient_id: int) -> dict[tuple[str, str | None], bool]:
@@ -38,3 +38,34 @@ def test_forged_or_expired_tokens_are_refused_and_change_nothing(api: Api) -> No
     assert_refused(api.client.post(f"/v1/unsubscribe/{old}"), 422, "token")
     assert_refused(api.client.post("/v1/unsubscribe/not-a-token"), 422, "token")
     assert _consent(api, patient_id) == {}
+
+
+def test_a_validly_signed_token_may_only_do_what_a_link_is_for(api: Api) -> None:
+    """The signature proves we minted a payload, not that a link may carry it: only marketing email, and a
+    payload of the wrong shape is a 4xx naming the token, never a 500."""
+    patient_id = create_patient(api.app)
+    exp = int((api.app.clock.now() + timedelta(days=1)).timestamp())
+    link = {"p": patient_id, "ch": "email", "c": "marketing", "exp": exp}
+    payloads: list[object] = [
+        {**link, "c": "account_notice"},  # required notices can never be switched off
+        {**link, "c": "care_team_message"},
+        {**link, "ch": "sms"},
+        {**link, "ch": "push", "c": "marketing"},
+        {k: v for k, v in link.items() if k != "exp"},  # no expiry: would be valid forever
+        {k: v for k, v in link.items() if k != "p"},
+        {**link, "exp": str(exp)},
+        {**link, "exp": 1e400},
+        {**link, "p": True},
+        {**link, "p": 2**70},
+        [patient_id, "email", "marketing", exp],  # not an object
+        "unsubscribe",
+        None,
+    ]
+    for payload in payloads:
+        token = sign_payload(SIGNING_KEY, payload)
+        for method in (api.client.get, api.client.post):
+            body = assert_refused(method(f"/v1/unsubscribe/{token}"), 422, "token")
+            assert str(patient_id) not in str(body["message"])
+    assert _consent(api, patient_id) == {}
+    assert api.client.post(f"/v1/unsubscribe/{sign_payload(SIGNING_KEY, link)}").status_code == 200
+    assert _consent(api, patient_id) == {("email", "marketing"): False}

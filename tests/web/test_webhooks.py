@@ -188,3 +188,126 @@ def test_forged_inbound_sms_changes_nothing(api: Api) -> None:
     assert_refused(_inbound(api, form, token="not-our-token"), 403, "X-Twilio-Signature")
     assert _sms_consent(api, patient_id) == {}
     assert_refused(_inbound(api, {"From": "+12125550123", "Body": "STOP"}), 400, "MessageSid")
+
+
+def test_a_signature_header_that_is_not_ascii_is_refused_not_a_crash(api: Api) -> None:
+    # No secret needed to send this: before, the constant-time compare raised on it (a 500 for anyone).
+    form = {"MessageSid": "SM1", "MessageStatus": "delivered", "From": "+12125550123"}
+    for path in ("/webhooks/twilio/status", "/webhooks/twilio/sms"):
+        response = api.client.post(
+            path,
+            content=urlencode(form),
+            headers={"Content-Type": "application/x-www-form-urlencoded", "X-Twilio-Signature": "sîgné".encode()},
+        )
+        assert_refused(response, 403, "X-Twilio-Signature")
+    response = api.client.post(
+        "/webhooks/sendgrid/events",
+        content=b"[]",
+        headers={
+            "X-Twilio-Email-Event-Webhook-Signature": "sîgné".encode(),
+            "X-Twilio-Email-Event-Webhook-Timestamp": "1",
+        },
+    )
+    assert_refused(response, 403, "X-Twilio-Email-Event-Webhook-Signature")
+
+
+def test_signed_sendgrid_events_with_impossible_notification_ids_are_ignored(api: Api) -> None:
+    nid, _ = _sent(api, Channel.EMAIL, Category.ACCOUNT_NOTICE)
+    batch: list[dict[str, object]] = [
+        {"event": "delivered", "notification_id": "²", "sg_event_id": "ev-sup"},  # isdigit() but not int()-able
+        {"event": "delivered", "notification_id": str(2**64), "sg_event_id": "ev-big"},  # past BIGINT
+        {"event": "delivered", "notification_id": 2**63, "sg_event_id": "ev-big-int"},
+        {"event": "delivered", "notification_id": True, "sg_event_id": "ev-bool"},
+        {"event": "delivered", "notification_id": "0", "sg_event_id": "ev-zero"},
+        {"event": "delivered", "notification_id": str(nid), "sg_event_id": "ev-ok"},
+    ]
+    answer = _sendgrid_post(api, batch)
+    assert answer.status_code == 200 and answer.json() == {"result": {"ignored": 5, "delivered": 1}}, answer.text
+    assert load(api.app, nid).state == State.DELIVERED
+
+
+def test_signed_sendgrid_oddities_are_4xx_or_recorded_never_5xx(api: Api) -> None:
+    deep = json.loads("[" * 50 + "]" * 50)  # a body nested deeper than the parser goes is refused, not a crash
+    body = b"[" * 30_000 + b"]" * 30_000
+    ts = str(int(api.app.clock.now().timestamp()))
+    signature = base64.b64encode(SENDGRID_KEY.sign(ts.encode() + body, ec.ECDSA(hashes.SHA256()))).decode()
+    nested = api.client.post(
+        "/webhooks/sendgrid/events",
+        content=body,
+        headers={"X-Twilio-Email-Event-Webhook-Signature": signature, "X-Twilio-Email-Event-Webhook-Timestamp": ts},
+    )
+    assert_refused(nested, 400, "body")
+    # Event ids that are long, not text, or hold bytes a database refuses: each is still told apart, once.
+    odd: list[dict[str, object]] = [
+        {"event": "open", "sg_event_id": "x" * 300},
+        {"event": "open", "sg_event_id": "x" * 299 + "y"},
+        {"event": "open", "sg_event_id": "nul\x00byte"},
+        {"event": "open", "sg_event_id": deep},
+        {"event": "open", "sg_event_id": 7},
+    ]
+    first = _sendgrid_post(api, odd)
+    assert first.status_code == 200 and first.json() == {"result": {"ignored": 5}}, first.text
+    again = _sendgrid_post(api, odd)
+    assert again.json() == {"result": {"ignored": 1, "duplicate": 4}}  # the list id is no id: applied each time
+
+
+def test_twilio_fields_that_cannot_be_identifiers_are_400(api: Api) -> None:
+    for form, field in [
+        ({"MessageSid": "SM\x00", "MessageStatus": "delivered"}, "MessageSid"),
+        ({"MessageSid": "S" * 65, "MessageStatus": "delivered"}, "MessageSid"),
+        ({"MessageSid": "SM1", "MessageStatus": "délivré"}, "MessageStatus"),
+        ({"MessageSid": "SM1", "MessageStatus": "failed", "ErrorCode": "2161\x000"}, "ErrorCode"),
+    ]:
+        assert_refused(_twilio_post(api, form), 400, field)
+
+
+def test_inbound_signature_is_checked_against_the_pinned_url_not_the_host_header(api: Api) -> None:
+    """A genuine Twilio request captured on another host (staging on the same account, say) and replayed here
+    with that Host header must not verify: the signed URL comes from settings, never from the request."""
+    patient_id = create_patient(api.app, phone="+12125550123", devices=())
+    form = {"MessageSid": "SM0003", "From": "+12125550123", "Body": "STOP"}
+    elsewhere = "http://staging.example/webhooks/twilio/sms"
+    replayed = api.client.post(
+        "/webhooks/twilio/sms",
+        content=urlencode(form),
+        headers={
+            "Host": "staging.example",
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Twilio-Signature": twilio_signature(TWILIO_TOKEN, elsewhere, form),
+        },
+    )
+    assert_refused(replayed, 403, "X-Twilio-Signature")
+    status_form = {"MessageSid": "SMx", "MessageStatus": "failed", "ErrorCode": "21610"}
+    replayed_status = api.client.post(
+        "/webhooks/twilio/status",
+        content=urlencode(status_form),
+        headers={
+            "Host": "staging.example",
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Twilio-Signature": twilio_signature(
+                TWILIO_TOKEN, "http://staging.example/webhooks/twilio/status", status_form
+            ),
+        },
+    )
+    assert_refused(replayed_status, 403, "X-Twilio-Signature")
+    assert _sms_consent(api, patient_id) == {} and _notification_count(api) == 0
+    assert _inbound(api, form).status_code == 200  # signed for our own URL: applied
+    assert _sms_consent(api, patient_id) == {("sms", None): False}
+
+
+def test_twilio_webhooks_without_a_pinned_url_refuse_rather_than_trust_the_host(make_app) -> None:  # type: ignore[no-untyped-def]
+    app = make_app(twilio_auth_token=TWILIO_TOKEN)
+    patient_id = create_patient(app, phone="+12125550123", devices=())
+    form = {"MessageSid": "SM0004", "From": "+12125550123", "Body": "STOP"}
+    with TestClient(create_web_app(app)) as client:
+        for path in ("/webhooks/twilio/sms", "/webhooks/twilio/status"):
+            signed = twilio_signature(TWILIO_TOKEN, f"http://testserver{path}", form)
+            response = client.post(
+                path,
+                content=urlencode(form),
+                headers={"Content-Type": "application/x-www-form-urlencoded", "X-Twilio-Signature": signed},
+            )
+            body = assert_refused(response, 503, "X-Twilio-Signature")
+            assert "CARENOTIFY_PROVIDER__TWILIO_" in str(body["message"])
+    with session_scope(app.engine) as session:
+        assert current_consent(session, patient_id) == {}

@@ -11,18 +11,18 @@ pure functions as on the portable path turn them into the decision's inputs (:mo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from worker import appointments, campaigns, surveys
 from worker.caps import CAPPED_HEALTH_TEXTS, Counts, counts_from
 from worker.categories import Category
 from worker.consent import consent_from
+from worker.db import pyformat, run_raw
 from worker.models import Device, Notification, Patient, Preference
 from worker.states import CLAIMABLE, TERMINAL, State
 
@@ -32,7 +32,7 @@ _NOTIFICATION_COLUMNS = (
     "attempt_count, enqueued_at, lease_until, claimed_by, created_at, updated_at, finished_at, campaign_id"
 )
 
-CLAIM_AND_READ = text(
+CLAIM_AND_READ = pyformat(
     f"""
 WITH observed AS (
     SELECT id, state, not_before FROM notification WHERE id = ANY(CAST(:ids AS bigint[])) ORDER BY id FOR UPDATE
@@ -88,7 +88,7 @@ SELECT o.id AS observed_id, o.state AS observed_state, o.not_before AS observed_
 """
 )
 
-SETTLE = text(
+SETTLE = pyformat(
     f"""
 WITH s AS (
     SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:states AS text[]), CAST(:reasons AS text[]),
@@ -115,9 +115,22 @@ RETURNING notification_id
 )
 
 
-def autocommit(engine: Engine) -> Connection:
-    """A connection whose every statement commits itself: one round trip, no BEGIN or COMMIT."""
-    return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+RECORD = pyformat(
+    """
+INSERT INTO delivery_attempt (notification_id, channel, provider, target, device_id, outcome, provider_ref,
+                              error_code, detail, started_at, duration_ms)
+SELECT * FROM unnest(CAST(:notification_id AS bigint[]), CAST(:channel AS text[]), CAST(:provider AS text[]),
+                     CAST(:target AS text[]), CAST(:device_id AS int[]), CAST(:outcome AS text[]),
+                     CAST(:provider_ref AS text[]), CAST(:error_code AS text[]), CAST(:detail AS text[]),
+                     CAST(:started_at AS timestamptz[]), CAST(:duration_ms AS int[]))
+"""
+)
+
+
+def record(engine: Engine, attempts: Sequence[Mapping[str, Any]]) -> None:
+    """Write provider answers (``delivery_attempt`` rows as column -> value) in one statement."""
+    if attempts:
+        run_raw(engine, RECORD, {column: [a[column] for a in attempts] for column in attempts[0]})
 
 
 @dataclass(frozen=True)
@@ -138,21 +151,17 @@ def claim_and_read(
     engine: Engine, notification_ids: Sequence[int], *, now: datetime, lease: timedelta, holder: str
 ) -> tuple[list[Claimed], dict[int, datetime]]:
     """Claim and read in one statement: the rows claimed, and the open rows not due yet (id -> when they are)."""
-    with autocommit(engine) as conn:
-        records = (
-            conn.execute(
-                CLAIM_AND_READ,
-                {
-                    "ids": sorted(set(notification_ids)),
-                    "now": now,
-                    "lease_until": now + lease,
-                    "holder": holder,
-                    "week_ago": now - timedelta(days=7),
-                },
-            )
-            .mappings()
-            .all()
-        )
+    records = run_raw(
+        engine,
+        CLAIM_AND_READ,
+        {
+            "ids": sorted(set(notification_ids)),
+            "now": now,
+            "lease_until": now + lease,
+            "holder": holder,
+            "week_ago": now - timedelta(days=7),
+        },
+    )
     claimed: list[Claimed] = []
     later: dict[int, datetime] = {}
     for record in records:
@@ -252,17 +261,17 @@ def settle(engine: Engine, settlements: Sequence[Settlement], *, now: datetime, 
     longer holds is left to whoever does: see ``send._apply``)."""
     if not settlements:
         return set()
-    with autocommit(engine) as conn:
-        written = conn.execute(
-            SETTLE,
-            {
-                "ids": [s.notification_id for s in settlements],
-                "states": [s.state.value for s in settlements],
-                "reasons": [s.reason[:500] if s.reason else None for s in settlements],
-                "not_befores": [s.not_before for s in settlements],
-                "uncounts": [1 if s.uncount else 0 for s in settlements],
-                "now": now,
-                "holder": holder,
-            },
-        ).all()
-    return {int(r.notification_id) for r in written}
+    written = run_raw(
+        engine,
+        SETTLE,
+        {
+            "ids": [s.notification_id for s in settlements],
+            "states": [s.state.value for s in settlements],
+            "reasons": [s.reason[:500] if s.reason else None for s in settlements],
+            "not_befores": [s.not_before for s in settlements],
+            "uncounts": [1 if s.uncount else 0 for s in settlements],
+            "now": now,
+            "holder": holder,
+        },
+    )
+    return {int(r["notification_id"]) for r in written}

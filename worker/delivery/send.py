@@ -508,8 +508,7 @@ def record_answers(deps: DeliveryDeps, answers: Sequence[Answer]) -> None:
                 return
             values = [a.values() for a in subset]
             if _on_postgresql(deps):
-                with pg.autocommit(deps.engine) as conn:
-                    conn.execute(insert(ATTEMPTS).values(values))  # one statement, one round trip
+                pg.record(deps.engine, values)  # one statement, one round trip
                 return
             with session_scope(deps.engine) as session:
                 session.execute(insert(ATTEMPTS), values)
@@ -566,8 +565,7 @@ def _write_attempt(
 ) -> None:
     values = Answer(row, channel, provider, target, result, started, elapsed_ms).values()
     if _on_postgresql(deps) and result.outcome not in (Outcome.OPTED_OUT, Outcome.TOKEN_DEAD):
-        with pg.autocommit(deps.engine) as conn:  # one round trip
-            conn.execute(insert(ATTEMPTS), values)
+        pg.record(deps.engine, [values])  # one round trip
         return
     with session_scope(deps.engine) as session:
         session.execute(insert(ATTEMPTS), values)

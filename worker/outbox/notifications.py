@@ -8,14 +8,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import JSON, bindparam, select, text, update
+from psycopg.types.json import Json
+from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
 from worker.categories import Category, Channel
 from worker.clock import Clock
-from worker.db import retry_transient, session_scope
+from worker.db import pyformat, retry_transient, run_raw, session_scope
 from worker.errors import IllegalTransition, InvalidInput, NotFound
 from worker.models import Notification, NotificationEvent, Patient
 from worker.outbox.stamps import EnqueueStamps
@@ -123,7 +124,7 @@ def submit(
     return Submitted(notification_id=notification_id, created=True)
 
 
-_SUBMIT_PG = text(
+_SUBMIT_PG = pyformat(
     """
 WITH created AS (
     INSERT INTO notification (patient_id, category, channels, context, idempotency_key, state, not_before,
@@ -141,7 +142,7 @@ SELECT id, true AS created FROM created
 UNION ALL
 SELECT id, false FROM notification WHERE idempotency_key = :idempotency_key
 """
-).bindparams(bindparam("channels", type_=JSON), bindparam("context", type_=JSON))
+)
 
 
 def _insert_pg(engine: Engine, now: datetime, **fields: Any) -> tuple[int, bool] | None:
@@ -153,18 +154,17 @@ def _insert_pg(engine: Engine, now: datetime, **fields: Any) -> tuple[int, bool]
     values = {
         **fields,
         "category": Category(fields["category"]).value,
-        "channels": [Channel(c).value for c in fields["channels"]] if fields["channels"] else None,
-        "context": fields["context"] or {},
+        "channels": Json([Channel(c).value for c in fields["channels"]]) if fields["channels"] else None,
+        "context": Json(fields["context"] or {}),
         "now": now,
     }
 
     def run() -> tuple[int, bool] | None:
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            rows = conn.execute(_SUBMIT_PG, values).all()
+        rows = run_raw(engine, _SUBMIT_PG, values)
         if not rows:
             return None
-        created = [r for r in rows if r.created]
-        return (int(created[0].id), True) if created else (int(rows[0].id), False)
+        created = [r for r in rows if r["created"]]
+        return (int(created[0]["id"]), True) if created else (int(rows[0]["id"]), False)
 
     return retry_transient(run, seconds=10.0)
 

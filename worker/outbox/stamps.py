@@ -19,10 +19,15 @@ from sqlalchemy.engine import Engine
 from sqlmodel import col
 
 from worker.clock import Clock
-from worker.db import session_scope
+from worker.db import pyformat, run_raw, session_scope
 from worker.models import Notification
 
 log = structlog.get_logger(__name__)
+
+_STAMP_PG = pyformat(
+    "UPDATE notification SET enqueued_at = :now WHERE id = ANY(CAST(:ids AS bigint[])) AND enqueued_at IS NULL "
+    "RETURNING id"
+)
 
 
 class EnqueueStamps:
@@ -50,6 +55,8 @@ class EnqueueStamps:
         if not ids:
             return 0
         try:
+            if self._engine.dialect.name == "postgresql":
+                return len(run_raw(self._engine, _STAMP_PG, {"ids": ids, "now": self._clock.now()}))
             with session_scope(self._engine) as session:
                 result = session.execute(
                     update(Notification)

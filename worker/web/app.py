@@ -15,8 +15,14 @@ from worker.web import (
     routes_unsubscribe,
     routes_webhooks,
 )
+from worker.web.access_log import AccessLogMiddleware
+from worker.web.body_limit import BodyLimitMiddleware
+from worker.web.docs import install_docs
 from worker.web.errors import install_error_handlers
 from worker.web.idempotency import IdempotencyMiddleware
+
+#: Provider callbacks get their own (larger) body limit: SendGrid batches events.
+WEBHOOK_PREFIX = "/webhooks/"
 
 
 def create_web_app(app: App) -> FastAPI:
@@ -25,10 +31,23 @@ def create_web_app(app: App) -> FastAPI:
         title="carenotify",
         version="0.1.0",
         description="Notifies postpartum-care patients outside the secure app. No message content, ever.",
+        # Served by install_docs from a package instead of FastAPI's CDN links (blank offline).
+        docs_url=None,
+        redoc_url=None,
     )
     web.state.app = app
     install_error_handlers(web)
+    install_docs(web)
     web.add_middleware(IdempotencyMiddleware, app=app)
+    limits = app.settings.web
+
+    def limit_for(path: str) -> int:
+        return limits.max_webhook_body_bytes if path.startswith(WEBHOOK_PREFIX) else limits.max_body_bytes
+
+    # Added last, so it is the outermost of ours: no middleware or route reads a body before it is limited.
+    web.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
+    # Outside even that (it reads no body): one access line per request, with the route template, never the path.
+    web.add_middleware(AccessLogMiddleware)
     for router in (
         routes_ops.router,
         routes_patients.router,

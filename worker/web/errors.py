@@ -70,8 +70,10 @@ def field_name(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(parts) or "body"
 
 
-#: Default field per status for errors raised by the framework itself (unknown route, wrong method).
-_FRAMEWORK_FIELD = {404: "path", 405: "method", 415: "Content-Type"}
+#: Default field per status for errors raised by the framework itself (unknown route, wrong method, a body that
+#: cannot be parsed, e.g. JSON nested too deeply, or one over the size limit).
+_FRAMEWORK_FIELD = {400: "body", 404: "path", 405: "method", 413: "body", 415: "Content-Type"}
+_FRAMEWORK_ERROR = {404: "not_found", 413: "too_large"}
 
 
 def install_error_handlers(web: FastAPI) -> None:
@@ -121,7 +123,7 @@ def install_error_handlers(web: FastAPI) -> None:
     @web.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         field = _FRAMEWORK_FIELD.get(exc.status_code, "request")
-        error = "not_found" if exc.status_code == 404 else "http_error"
+        error = _FRAMEWORK_ERROR.get(exc.status_code, "http_error")
         response = error_response(exc.status_code, error, field, f"{field}: {exc.detail}")
         for name, value in (exc.headers or {}).items():
             response.headers[name] = value

@@ -4,6 +4,13 @@ Semantics (as Stripe's API): the first request with a key is recorded as in prog
 is stored under (client, key). The same key again with the same method, path and body replays that answer
 (header ``Idempotent-Replayed: true``); with a different request it is refused (422); while the first is still
 running, 409. A request that failed (4xx/5xx) changed nothing, so its key is released for a corrected retry.
+
+Keys live ``web.idempotency_key_hours`` (24 h): after that the key is new again, whatever it answered (the
+scheduler's ``web_retention`` job deletes the rows). A key still in progress after
+``web.idempotency_in_progress_seconds`` belongs to a request that died mid-way (a killed process, a lost
+connection to the database): the same request again takes it over instead of getting 409 for ever. Taking over
+replaces the row (a new id), so the old request, should it still be alive after all, can neither store its
+answer nor release the key it no longer holds.
 """
 
 from __future__ import annotations
@@ -12,10 +19,10 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import anyio.to_thread
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col
@@ -39,7 +46,7 @@ def request_fingerprint(method: str, path: str, query: bytes, body: bytes) -> st
     """SHA-256 of the request; JSON bodies are canonicalised so key order and spacing do not matter."""
     try:
         canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # not JSON, or nested too deeply to parse: as sent
         canonical = body
     digest = hashlib.sha256()
     for part in (method.encode(), path.encode(), query, canonical):
@@ -49,53 +56,108 @@ def request_fingerprint(method: str, path: str, query: bytes, body: bytes) -> st
 
 
 @dataclass(frozen=True)
+class Owner:
+    """The row a request holds its key by. Ids alone are not enough: SQLite hands a deleted last id out again."""
+
+    record_id: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
 class _Begun:
-    record_id: int | None = None  # set when this request owns the key
+    owner: Owner | None = None  # set when this request owns the key
     replay: tuple[int, str] | None = None  # (status, body) already answered
     conflict: str | None = None  # "mismatch" | "in_progress"
 
 
-def _begin(engine: Engine, now: datetime, client_id: int, key: str, method: str, path: str, fp: str) -> _Begun:
+@dataclass(frozen=True)
+class KeyLifetimes:
+    """How long a key replays its answer, and how long it may stay in progress before it is taken over."""
+
+    key: timedelta
+    in_progress: timedelta
+
+
+def _claim(engine: Engine, record: IdempotencyRecord, replacing: Owner | None = None) -> _Begun:
+    """Insert the record (after deleting ``replacing``, in the same transaction); in progress if another won."""
     try:
         with session_scope(engine) as session:
-            record = IdempotencyRecord(
-                client_id=client_id, key=key, method=method, path=path[:500], request_sha256=fp, created_at=now
-            )
+            if replacing is not None:
+                gone = session.execute(
+                    delete(IdempotencyRecord).where(
+                        col(IdempotencyRecord.id) == replacing.record_id,
+                        col(IdempotencyRecord.created_at) == replacing.created_at,
+                    )
+                )
+                if getattr(gone, "rowcount", 0) != 1:  # another request replaced it first: it owns the key now
+                    return _Begun(conflict="in_progress")
             session.add(record)
             session.flush()
-            return _Begun(record_id=record.id)
+            assert record.id is not None
+            return _Begun(owner=Owner(record.id, record.created_at))
     except IntegrityError:
-        pass
+        return _Begun(conflict="in_progress")
+
+
+def _begin(
+    engine: Engine,
+    now: datetime,
+    lifetimes: KeyLifetimes,
+    client_id: int,
+    key: str,
+    method: str,
+    path: str,
+    fp: str,
+) -> _Begun:
+    def fresh() -> IdempotencyRecord:
+        return IdempotencyRecord(
+            client_id=client_id, key=key, method=method, path=path[:500], request_sha256=fp, created_at=now
+        )
+
+    begun = _claim(engine, fresh())
+    if begun.owner is not None:
+        return begun
     with session_scope(engine) as session:
         existing = session.scalars(
             select(IdempotencyRecord).where(
                 col(IdempotencyRecord.client_id) == client_id, col(IdempotencyRecord.key) == key
             )
         ).first()
+        if existing is not None:
+            session.expunge(existing)
     if existing is None:  # released between our insert and our read: the caller may simply retry
         return _Begun(conflict="in_progress")
+    assert existing.id is not None
+    holder = Owner(existing.id, existing.created_at)
+    if existing.created_at <= now - lifetimes.key:  # expired (not yet cleaned up): the key is new again
+        return _claim(engine, fresh(), replacing=holder)
     if existing.request_sha256 != fp:
         return _Begun(conflict="mismatch")
-    if existing.status_code is None or existing.response_body is None:
-        return _Begun(conflict="in_progress")
-    return _Begun(replay=(existing.status_code, existing.response_body))
+    if existing.status_code is not None and existing.response_body is not None:
+        return _Begun(replay=(existing.status_code, existing.response_body))
+    if existing.created_at <= now - lifetimes.in_progress:  # its request died mid-way: take the key over
+        return _claim(engine, fresh(), replacing=holder)
+    return _Begun(conflict="in_progress")
 
 
-def _finish(engine: Engine, record_id: int, status: int, body: bytes | None) -> None:
-    """Store a 2xx answer, or release the key when the request changed nothing."""
+def _finish(engine: Engine, owner: Owner, status: int, body: bytes | None) -> None:
+    """Store a 2xx answer, or release the key when the request changed nothing; only while the request still
+    owns the key (a request taken over finds another row: its ``created_at`` is the newcomer's)."""
+    mine = (col(IdempotencyRecord.id) == owner.record_id, col(IdempotencyRecord.created_at) == owner.created_at)
     with session_scope(engine) as session:
         if body is not None and 200 <= status < 300:
-            record = session.get(IdempotencyRecord, record_id)
-            if record is not None:
-                record.status_code = status
-                record.response_body = body.decode()
-                session.add(record)
+            session.execute(
+                update(IdempotencyRecord)
+                .where(*mine, col(IdempotencyRecord.status_code).is_(None))
+                .values(status_code=status, response_body=body.decode())
+            )
         else:
-            session.execute(delete(IdempotencyRecord).where(col(IdempotencyRecord.id) == record_id))
+            session.execute(delete(IdempotencyRecord).where(*mine))
 
 
 class IdempotencyMiddleware:
-    """Pure ASGI middleware (reads the body once and hands it on unchanged) for POSTs under ``/v1/``."""
+    """Pure ASGI middleware for POSTs under ``/v1/``: reads the body once (already size-limited by
+    :class:`~worker.web.body_limit.BodyLimitMiddleware`, which runs first) and hands it on unchanged."""
 
     def __init__(self, asgi: ASGIApp, app: App) -> None:
         self.asgi = asgi
@@ -134,8 +196,13 @@ class IdempotencyMiddleware:
                 break
         body = b"".join(chunks)
         fp = request_fingerprint(scope["method"], scope["path"], scope.get("query_string", b""), body)
+        web = self.app.settings.web
+        lifetimes = KeyLifetimes(
+            key=timedelta(hours=web.idempotency_key_hours),
+            in_progress=timedelta(seconds=web.idempotency_in_progress_seconds),
+        )
         begun = await anyio.to_thread.run_sync(
-            _begin, engine, self.app.clock.now(), caller.id, key, scope["method"], scope["path"], fp
+            _begin, engine, self.app.clock.now(), lifetimes, caller.id, key, scope["method"], scope["path"], fp
         )
         if begun.replay is not None:
             status, stored = begun.replay
@@ -158,14 +225,14 @@ class IdempotencyMiddleware:
             )
             await response(scope, receive, send)
             return
-        if begun.conflict is not None or begun.record_id is None:
+        if begun.conflict is not None or begun.owner is None:
             response = error_response(
                 409, "idempotency_key_in_use", HEADER, f"{HEADER}: a request with this key is still in progress"
             )
             await response(scope, receive, send)
             return
 
-        record_id = begun.record_id
+        owner = begun.owner
         delivered = False
 
         async def replay_body() -> Message:
@@ -194,7 +261,7 @@ class IdempotencyMiddleware:
             await self.asgi(scope, replay_body, capture)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(_finish, engine, record_id, 500, None)
+                await anyio.to_thread.run_sync(_finish, engine, owner, 500, None)
             raise
         answer = b"".join(captured) if size <= _MAX_STORED else None
-        await anyio.to_thread.run_sync(_finish, engine, record_id, status, answer)
+        await anyio.to_thread.run_sync(_finish, engine, owner, status, answer)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path
 
 from worker.campaigns import campaign_stats, cancel_campaign, create_campaign, launch_campaign
 from worker.errors import InvalidInput
-from worker.web.auth import CallerDep
+from worker.web.auth import FORBIDDEN, CampaignReader, CampaignWriter
 from worker.web.deps import AppDep, IdempotencyKey
 from worker.web.errors import ApiError, ErrorBody, not_found_as
 from worker.web.schemas import CampaignIn, CampaignOut, LaunchIn
@@ -17,7 +17,7 @@ from worker.web.schemas import CampaignIn, CampaignOut, LaunchIn
 router = APIRouter(
     prefix="/v1/campaigns",
     tags=["campaigns"],
-    responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+    responses={401: {"model": ErrorBody}, **FORBIDDEN, 404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
 )
 
 CampaignId = Annotated[int, Path(ge=1, le=2**31 - 1)]
@@ -29,7 +29,7 @@ def _out(app: AppDep, campaign_id: int) -> CampaignOut:
 
 
 @router.post("", status_code=201, dependencies=[IdempotencyKey])
-def create(body: CampaignIn, app: AppDep, caller: CallerDep) -> CampaignOut:
+def create(body: CampaignIn, app: AppDep, caller: CampaignWriter) -> CampaignOut:
     """Store a draft. Nothing is sent until it is launched."""
     campaign_id = create_campaign(
         app.engine,
@@ -46,7 +46,7 @@ def create(body: CampaignIn, app: AppDep, caller: CallerDep) -> CampaignOut:
 @router.post(
     "/{campaign_id}/launch", status_code=202, dependencies=[IdempotencyKey], responses={409: {"model": ErrorBody}}
 )
-def launch(campaign_id: CampaignId, body: LaunchIn, app: AppDep, caller: CallerDep) -> CampaignOut:
+def launch(campaign_id: CampaignId, body: LaunchIn, app: AppDep, caller: CampaignWriter) -> CampaignOut:
     """Launch now or at ``launch_at``. The scheduler fans it out in chunks; each recipient's own quiet hours,
     consent, mutes and frequency cap apply, at fan-out and again at send time."""
     with not_found_as("campaign_id"):
@@ -67,7 +67,7 @@ def launch(campaign_id: CampaignId, body: LaunchIn, app: AppDep, caller: CallerD
 
 
 @router.post("/{campaign_id}/cancel", dependencies=[IdempotencyKey])
-def cancel(campaign_id: CampaignId, app: AppDep, caller: CallerDep) -> CampaignOut:
+def cancel(campaign_id: CampaignId, app: AppDep, caller: CampaignWriter) -> CampaignOut:
     """Stop it: no more fan-out, and every notification not yet sent is cancelled (with a reason)."""
     with not_found_as("campaign_id"):
         cancel_campaign(app.engine, app.clock, campaign_id)
@@ -75,6 +75,6 @@ def cancel(campaign_id: CampaignId, app: AppDep, caller: CallerDep) -> CampaignO
 
 
 @router.get("/{campaign_id}")
-def stats(campaign_id: CampaignId, app: AppDep, caller: CallerDep) -> CampaignOut:
+def stats(campaign_id: CampaignId, app: AppDep, caller: CampaignReader) -> CampaignOut:
     """The campaign and its figures: audience, exclusions by reason, notifications by state, accepted per channel."""
     return _out(app, campaign_id)

@@ -9,16 +9,16 @@ from pydantic import BaseModel
 
 from worker.erasure import erase_patient
 from worker.patients import patient_id_for, register_device, upsert_patient
-from worker.web.auth import CallerDep
+from worker.web.auth import FORBIDDEN, Eraser, PatientWriter
 from worker.web.deps import AppDep, IdempotencyKey
 from worker.web.errors import ErrorBody, not_found_as
 from worker.web.schemas import REF_PATTERN, DeviceIn, DeviceOut, PatientIn, PatientOut, Strict
 
-router = APIRouter(prefix="/v1/patients", tags=["patients"], responses={401: {"model": ErrorBody}})
+router = APIRouter(prefix="/v1/patients", tags=["patients"], responses={401: {"model": ErrorBody}, **FORBIDDEN})
 
 
 @router.post("", dependencies=[IdempotencyKey], responses={422: {"model": ErrorBody}})
-def upsert(body: PatientIn, app: AppDep, caller: CallerDep) -> PatientOut:
+def upsert(body: PatientIn, app: AppDep, caller: PatientWriter) -> PatientOut:
     """Create or update a patient (by ``external_ref``); every field is replaced by what is sent."""
     patient_id = upsert_patient(
         app.engine,
@@ -29,6 +29,7 @@ def upsert(body: PatientIn, app: AppDep, caller: CallerDep) -> PatientOut:
         email=body.email,
         phone=body.phone,
         us_state=body.us_state,
+        phone_regions=app.settings.patients.phone_regions,
     )
     return PatientOut(patient_id=patient_id, external_ref=body.external_ref)
 
@@ -39,7 +40,7 @@ def upsert(body: PatientIn, app: AppDep, caller: CallerDep) -> PatientOut:
     responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
 )
 def add_device(
-    external_ref: Annotated[str, Path(pattern=REF_PATTERN)], body: DeviceIn, app: AppDep, caller: CallerDep
+    external_ref: Annotated[str, Path(pattern=REF_PATTERN)], body: DeviceIn, app: AppDep, caller: PatientWriter
 ) -> DeviceOut:
     """Register a push token for a patient."""
     with not_found_as("external_ref"):
@@ -63,7 +64,7 @@ class ErasureOut(BaseModel):
 
 @router.post("/{external_ref}/erase", dependencies=[IdempotencyKey], responses={404: {"model": ErrorBody}})
 def erase(
-    external_ref: Annotated[str, Path(pattern=REF_PATTERN)], body: ErasureIn, app: AppDep, caller: CallerDep
+    external_ref: Annotated[str, Path(pattern=REF_PATTERN)], body: ErasureIn, app: AppDep, caller: Eraser
 ) -> ErasureOut:
     """Delete the patient and everything about her (e.g. a child under 13), cancelling her queued work."""
     with not_found_as("external_ref"):

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Path
 from worker.models_consent import ConsentSource
 from worker.patients import patient_id_for
 from worker.preferences import PreferenceChange, get_preferences, set_preferences
-from worker.web.auth import CallerDep
+from worker.web.auth import FORBIDDEN, PreferenceReader, PreferenceWriter
 from worker.web.deps import AppDep, IdempotencyKey
 from worker.web.errors import ErrorBody, not_found_as
 from worker.web.schemas import REF_PATTERN, PreferencesIn, PreferencesOut
@@ -22,14 +22,14 @@ from worker.web.schemas import REF_PATTERN, PreferencesIn, PreferencesOut
 router = APIRouter(
     prefix="/v1/patients/{external_ref}/preferences",
     tags=["patient preferences"],
-    responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+    responses={401: {"model": ErrorBody}, **FORBIDDEN, 404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
 )
 
 PathRef = Annotated[str, Path(pattern=REF_PATTERN)]
 
 
 @router.get("")
-def read(external_ref: PathRef, app: AppDep, caller: CallerDep) -> PreferencesOut:
+def read(external_ref: PathRef, app: AppDep, caller: PreferenceReader) -> PreferencesOut:
     """Every category and channel, on or off (marketing: consent; SMS marketing is off until opted in)."""
     with not_found_as("external_ref"):
         preferences = get_preferences(app.engine, patient_id_for(app.engine, external_ref))
@@ -37,7 +37,7 @@ def read(external_ref: PathRef, app: AppDep, caller: CallerDep) -> PreferencesOu
 
 
 @router.post("", dependencies=[IdempotencyKey])
-def update(external_ref: PathRef, body: PreferencesIn, app: AppDep, caller: CallerDep) -> PreferencesOut:
+def update(external_ref: PathRef, body: PreferencesIn, app: AppDep, caller: PreferenceWriter) -> PreferencesOut:
     """Mute or unmute. Account notices cannot be muted; SMS marketing needs written-consent evidence.
 
     Honoured at send time, so notifications already queued follow the new choice.

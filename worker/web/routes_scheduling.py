@@ -12,7 +12,7 @@ from worker.appointments import cancel_appointment, create_appointment, reschedu
 from worker.errors import InvalidInput
 from worker.patients import patient_id_for
 from worker.surveys import assign_survey, complete_survey
-from worker.web.auth import CallerDep
+from worker.web.auth import FORBIDDEN, Notifier
 from worker.web.deps import AppDep, IdempotencyKey
 from worker.web.errors import ApiError, ErrorBody, not_found_as
 from worker.web.schemas import (
@@ -28,7 +28,7 @@ router = APIRouter(
     prefix="/v1",
     tags=["appointments and surveys"],
     dependencies=[IdempotencyKey],
-    responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+    responses={401: {"model": ErrorBody}, **FORBIDDEN, 404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
 )
 
 PathRef = Annotated[str, Path(pattern=REF_PATTERN)]
@@ -46,7 +46,7 @@ def _ref_named(field: str) -> Iterator[None]:
 
 
 @router.post("/appointments")
-def create(body: AppointmentIn, app: AppDep, caller: CallerDep) -> AppointmentOut:
+def create(body: AppointmentIn, app: AppDep, caller: Notifier) -> AppointmentOut:
     """Create an appointment and plan its reminders. Posting the same ``appointment_ref`` again changes nothing."""
     with not_found_as("patient_ref"):
         patient_id = patient_id_for(app.engine, body.patient_ref)
@@ -62,7 +62,7 @@ def create(body: AppointmentIn, app: AppDep, caller: CallerDep) -> AppointmentOu
 
 
 @router.post("/appointments/{appointment_ref}/reschedule", responses={409: {"model": ErrorBody}})
-def reschedule(appointment_ref: PathRef, body: RescheduleIn, app: AppDep, caller: CallerDep) -> AppointmentOut:
+def reschedule(appointment_ref: PathRef, body: RescheduleIn, app: AppDep, caller: Notifier) -> AppointmentOut:
     """Move it: the old reminders are cancelled and new ones planned, in one transaction."""
     with not_found_as("appointment_ref"), _ref_named("appointment_ref"):
         appointment_id = reschedule_appointment(
@@ -72,7 +72,7 @@ def reschedule(appointment_ref: PathRef, body: RescheduleIn, app: AppDep, caller
 
 
 @router.post("/appointments/{appointment_ref}/cancel")
-def cancel(appointment_ref: PathRef, app: AppDep, caller: CallerDep) -> AppointmentOut:
+def cancel(appointment_ref: PathRef, app: AppDep, caller: Notifier) -> AppointmentOut:
     """Cancel it and every reminder not yet sent."""
     with not_found_as("appointment_ref"):
         appointment_id = cancel_appointment(app.engine, app.clock, external_ref=appointment_ref)
@@ -80,7 +80,7 @@ def cancel(appointment_ref: PathRef, app: AppDep, caller: CallerDep) -> Appointm
 
 
 @router.post("/surveys")
-def assign(body: SurveyIn, app: AppDep, caller: CallerDep) -> SurveyOut:
+def assign(body: SurveyIn, app: AppDep, caller: Notifier) -> SurveyOut:
     """Assign a survey: a first notice, then reminders until it is completed. Idempotent on ``assignment_ref``."""
     with not_found_as("patient_ref"):
         patient_id = patient_id_for(app.engine, body.patient_ref)
@@ -99,7 +99,7 @@ def assign(body: SurveyIn, app: AppDep, caller: CallerDep) -> SurveyOut:
 
 
 @router.post("/surveys/{assignment_ref}/complete")
-def complete(assignment_ref: PathRef, app: AppDep, caller: CallerDep) -> SurveyOut:
+def complete(assignment_ref: PathRef, app: AppDep, caller: Notifier) -> SurveyOut:
     """The patient completed it: no more reminders."""
     with not_found_as("assignment_ref"):
         assignment_id = complete_survey(app.engine, app.clock, external_ref=assignment_ref)

@@ -12,12 +12,26 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from worker.categories import Category, Channel
+from worker.patients import is_known_zone
 
 #: An opaque identifier from the platform (patient ref, message id): printable ASCII without spaces.
 REF_PATTERN = r"^[!-~]{1,128}$"
 Ref = Annotated[str, StringConstraints(pattern=REF_PATTERN)]
-TimeZoneName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_+\-/]{1,64}$")]
-Email = Annotated[str, StringConstraints(pattern=r"^[^\s@\x00-\x1f\x7f]{1,200}@[^\s@\x00-\x1f\x7f]{1,119}$")]
+
+
+def _canonical_zone(value: str) -> str:
+    if not is_known_zone(value):
+        raise ValueError("not a known IANA time zone (e.g. America/Chicago)")
+    return value
+
+
+#: A canonical IANA zone: not ``localtime``, ``Factory``, nor the ``posix/`` and ``right/`` copies.
+TimeZoneName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_+\-/]{1,64}$"), AfterValidator(_canonical_zone)]
+#: local@domain.tld; the full check (dot-atom local part, domain labels, a top-level name) is the service's.
+Email = Annotated[
+    str,
+    StringConstraints(pattern=r"^[^\s@\x00-\x1f\x7f]{1,64}@[^\s@\x00-\x1f\x7f]{1,188}\.[^\s@.\x00-\x1f\x7f]{2,63}$"),
+]
 Phone = Annotated[str, StringConstraints(pattern=r"^[0-9+()\-. ]{3,32}$")]
 Token = Annotated[str, StringConstraints(pattern=r"^[!-~]{1,4096}$")]
 
