@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TypeVar
 
 import structlog
@@ -45,46 +46,24 @@ def purge_web_records(app: App) -> int:
 
 def add_jobs(scheduler: S, app: App) -> S:
     """Register every periodic job. One instance of each at a time; a late run is coalesced, not stacked."""
-    scheduler.add_job(
-        relay_outbox,
-        "interval",
-        seconds=app.settings.outbox.relay_interval_seconds,
-        args=[app],
-        id="relay_outbox",
-        max_instances=1,
-        coalesce=True,
-        replace_existing=True,
+    cfg = app.settings
+    jobs: tuple[tuple[Callable[[App], int], float, str], ...] = (
+        (relay_outbox, cfg.outbox.relay_interval_seconds, "relay_outbox"),
+        (launch_campaigns, cfg.campaigns.scan_interval_seconds, "launch_campaigns"),
+        (roll_up_metrics, cfg.metrics.rollup_interval_seconds, "metrics_rollup"),
+        (purge_web_records, cfg.web.retention_interval_seconds, "web_retention"),
     )
-    scheduler.add_job(
-        launch_campaigns,
-        "interval",
-        seconds=app.settings.campaigns.scan_interval_seconds,
-        args=[app],
-        id="launch_campaigns",
-        max_instances=1,
-        coalesce=True,
-        replace_existing=True,
-    )
-    scheduler.add_job(
-        roll_up_metrics,
-        "interval",
-        seconds=app.settings.metrics.rollup_interval_seconds,
-        args=[app],
-        id="metrics_rollup",
-        max_instances=1,
-        coalesce=True,
-        replace_existing=True,
-    )
-    scheduler.add_job(
-        purge_web_records,
-        "interval",
-        seconds=app.settings.web.retention_interval_seconds,
-        args=[app],
-        id="web_retention",
-        max_instances=1,
-        coalesce=True,
-        replace_existing=True,
-    )
+    for job, seconds, job_id in jobs:
+        scheduler.add_job(
+            job,
+            "interval",
+            seconds=seconds,
+            args=[app],
+            id=job_id,
+            max_instances=1,
+            coalesce=True,
+            replace_existing=True,
+        )
     return scheduler
 
 

@@ -130,3 +130,9 @@ def test_urls_without_passwords_and_the_shipped_file_are_accepted(
     # The environment is where a URL's password belongs.
     monkeypatch.setenv("CARENOTIFY_DATABASE_URL", "postgresql+psycopg://app:from-env@db:5432/cn")
     assert load_settings().database_url.endswith("@db:5432/cn")
+
+
+@pytest.mark.parametrize("zone", ["localtime", "Factory", "posix/America/New_York", "right/UTC", "Mars/Olympus"])
+def test_default_time_zone_must_be_a_places_zone(zone: str) -> None:
+    with pytest.raises(ConfigError, match="DEFAULT_TIME_ZONE"):
+        load_settings(default_time_zone=zone)

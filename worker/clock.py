@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import zoneinfo
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Protocol
 
 
@@ -39,3 +41,19 @@ class FrozenClock:
         if instant.tzinfo is None:
             raise ValueError("FrozenClock.set needs a timezone-aware instant")
         self._now = instant.astimezone(UTC)
+
+
+@cache
+def place_zones() -> frozenset[str]:
+    """The IANA zones a person can be in: tzdata's names less the files that are not zones of a place
+    (``localtime`` is the machine's own zone, ``Factory`` a placeholder, ``posix/*`` and ``right/*`` copies of
+    the tree, the latter counting leap seconds). Read once: listing tzdata walks a directory tree."""
+    return frozenset(
+        name
+        for name in zoneinfo.available_timezones()
+        if name not in {"localtime", "Factory", "posixrules"} and not name.startswith(("posix/", "right/"))
+    )
+
+
+def is_place_zone(zone: str) -> bool:
+    return zone in place_zones()

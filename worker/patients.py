@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-import zoneinfo
 from collections.abc import Sequence
 from functools import cache
 
@@ -13,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlmodel import col
 
-from worker.clock import Clock
+from worker.clock import Clock, is_place_zone
 from worker.db import session_scope
 from worker.errors import InvalidInput, NotFound
 from worker.models import Device, Patient
@@ -72,19 +71,8 @@ def patient_phone(raw: str, regions: Sequence[str] = DEFAULT_PHONE_REGIONS) -> s
 
 
 @cache
-def canonical_zones() -> frozenset[str]:
-    """The IANA zones a patient may be in: tzdata's names less the files that are not zones of a place
-    (``localtime`` is the machine's own zone, ``Factory`` a placeholder, ``posix/*`` and ``right/*`` copies of
-    the tree, the latter counting leap seconds)."""
-    return frozenset(
-        name
-        for name in zoneinfo.available_timezones()
-        if name not in {"localtime", "Factory", "posixrules"} and not name.startswith(("posix/", "right/"))
-    )
-
-
 def is_known_zone(zone: str) -> bool:
-    return zone in canonical_zones()
+    return is_place_zone(zone)
 
 
 def _check_zone(zone: str) -> str:

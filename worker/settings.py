@@ -15,11 +15,11 @@ from datetime import time
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from worker.clock import is_place_zone
 from worker.errors import ConfigError
 
 ENV_PREFIX = "CARENOTIFY_"
@@ -276,10 +276,8 @@ class Settings(BaseSettings):
     @field_validator("default_time_zone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        if not is_place_zone(value):
+            raise ValueError(f"unknown IANA time zone {value!r} (a place's zone, e.g. America/New_York)")
         return value
 
     @field_validator("providers")

@@ -396,7 +396,7 @@ def _send_with_failover(
             grant = deps.rate_limits.reserve(provider.name, 1) if deps.rate_limits is not None else None
             if grant is not None and grant.granted < 1:
                 result = SendResult(outcome=Outcome.RETRY, error_code=RATE_LIMITED, retry_after=max(grant.wait, 0.05))
-                _record_attempt(deps, row, channel, provider.name, target, result, started, 0)
+                _record_attempt(deps, Answer(row, channel, provider.name, target, result, started, 0))
                 last = (provider.name, result)
                 continue
             t0 = time.perf_counter()
@@ -405,7 +405,7 @@ def _send_with_failover(
             if breakers is not None:
                 _judge(breakers, provider.name, result)
                 settled = True
-            _record_attempt(deps, row, channel, provider.name, target, result, started, elapsed_ms)
+            _record_attempt(deps, Answer(row, channel, provider.name, target, result, started, elapsed_ms))
             last = (provider.name, result)
             if result.outcome in (Outcome.RETRY, Outcome.CONFIG_ERROR):
                 continue
@@ -427,7 +427,7 @@ def _send_with_failover(
         detail=f"every {channel} provider is paused",
         retry_after=max(wait, MIN_PAUSE),
     )
-    _record_attempt(deps, row, channel, "-", target, paused, deps.clock.now(), 0)
+    _record_attempt(deps, Answer(row, channel, "-", target, paused, deps.clock.now(), 0))
     return "-", paused
 
 
@@ -451,32 +451,23 @@ def _supports(provider: Provider, platform: str | None) -> bool:
     return platform is None or platforms is None or platform in platforms
 
 
-def _record_attempt(
-    deps: DeliveryDeps,
-    row: Notification,
-    channel: Channel,
-    provider: str,
-    target: _Target,
-    result: SendResult,
-    started: datetime,
-    elapsed_ms: int,
-) -> None:
+def _record_attempt(deps: DeliveryDeps, answer: Answer) -> None:
     """Write one provider call down (and what it tells: an opt-out, a dead token) before anything else happens.
 
     A lost connection is retried for ``record_retry_seconds``; after that the write is parked with the heartbeat
     and :class:`AnswerNotRecorded` stops this row, which stays held until the write lands. Never sent twice.
     """
-    write = partial(_write_attempt, deps, row, channel, provider, target, result, started, elapsed_ms)
-    _durably(deps, [id_of(row)], write, lambda _: write)
+    write = partial(_write_attempt, deps, answer)
+    _durably(deps, [id_of(answer.row)], write, lambda _: write)
     log.info(
         "delivery.attempt",
-        notification_id=row.id,
-        channel=str(channel),
-        provider=provider,
-        target=target.key,
-        outcome=result.outcome.value,
-        error_code=result.error_code,
-        duration_ms=elapsed_ms,
+        notification_id=answer.row.id,
+        channel=str(answer.channel),
+        provider=answer.provider,
+        target=answer.target.key,
+        outcome=answer.result.outcome.value,
+        error_code=answer.result.error_code,
+        duration_ms=answer.ms,
     )
 
 
@@ -520,9 +511,7 @@ def record_answers(deps: DeliveryDeps, answers: Sequence[Answer]) -> None:
 
     _durably(deps, sorted({a.row.id or 0 for a in plain}), write_plain(plain), one)
     for answer in telling:
-        _record_attempt(
-            deps, answer.row, answer.channel, answer.provider, answer.target, answer.result, answer.started, answer.ms
-        )
+        _record_attempt(deps, answer)
 
 
 @dataclass(frozen=True)
@@ -553,17 +542,9 @@ class Answer:
         }
 
 
-def _write_attempt(
-    deps: DeliveryDeps,
-    row: Notification,
-    channel: Channel,
-    provider: str,
-    target: _Target,
-    result: SendResult,
-    started: datetime,
-    elapsed_ms: int,
-) -> None:
-    values = Answer(row, channel, provider, target, result, started, elapsed_ms).values()
+def _write_attempt(deps: DeliveryDeps, answer: Answer) -> None:
+    row, channel, provider, target, result = answer.row, answer.channel, answer.provider, answer.target, answer.result
+    values = answer.values()
     if _on_postgresql(deps) and result.outcome not in (Outcome.OPTED_OUT, Outcome.TOKEN_DEAD):
         pg.record(deps.engine, [values])  # one round trip
         return

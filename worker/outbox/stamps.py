@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
+from functools import partial
 
 import structlog
 from sqlalchemy import update
@@ -19,7 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import col
 
 from worker.clock import Clock
-from worker.db import pyformat, run_raw, session_scope
+from worker.db import pyformat, retry_transient, run_raw, session_scope
 from worker.models import Notification
 
 log = structlog.get_logger(__name__)
@@ -55,19 +56,22 @@ class EnqueueStamps:
         if not ids:
             return 0
         try:
-            if self._engine.dialect.name == "postgresql":
-                return len(run_raw(self._engine, _STAMP_PG, {"ids": ids, "now": self._clock.now()}))
-            with session_scope(self._engine) as session:
-                result = session.execute(
-                    update(Notification)
-                    .where(col(Notification.id).in_(ids), col(Notification.enqueued_at).is_(None))
-                    .values(enqueued_at=self._clock.now())
-                    .execution_options(synchronize_session=False)
-                )
-                return int(result.rowcount)  # type: ignore[attr-defined]
+            return retry_transient(partial(self._stamp, ids), seconds=2.0)
         except Exception as exc:  # the relay's grace covers what stays unstamped
             log.warning("outbox.stamp_failed", rows=len(ids), error=type(exc).__name__)
             return 0
+
+    def _stamp(self, ids: list[int]) -> int:
+        if self._engine.dialect.name == "postgresql":
+            return len(run_raw(self._engine, _STAMP_PG, {"ids": ids, "now": self._clock.now()}))
+        with session_scope(self._engine) as session:
+            result = session.execute(
+                update(Notification)
+                .where(col(Notification.id).in_(ids), col(Notification.enqueued_at).is_(None))
+                .values(enqueued_at=self._clock.now())
+                .execution_options(synchronize_session=False)
+            )
+            return int(result.rowcount)  # type: ignore[attr-defined]
 
     def _run(self) -> None:
         while not self._wake.wait(self._every):
