@@ -56,7 +56,8 @@ log = structlog.get_logger(__name__)
 
 
 def deliver_many(deps: DeliveryDeps, notification_ids: Sequence[int]) -> list[Report]:
-    """:func:`deliver` for a batch: one claim and one read of the facts for all of it, then each row in turn.
+    """:func:`deliver` for a batch: one claim and one read of the facts for all of it, bulk calls where a
+    provider takes them, the other rows concurrently (see :func:`_deliver_rows`), one settle.
 
     The same rules decide each row. A row whose patient already has a row earlier in the batch is decided on
     facts read after that one was sent, so a frequency cap counts it. An unexpected error on one row hands that

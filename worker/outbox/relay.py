@@ -158,7 +158,8 @@ class Relay:
         try:
             if self._broker_lost is not None and self._broker_lost():
                 forgotten = forget_enqueued(self._engine)
-                log.warning("outbox.broker_lost_messages", requeued=forgotten)
+                if forgotten:
+                    log.warning("outbox.broker_lost_messages", requeued=forgotten)
             total = 0
             orphans = self._orphans_from is None or self._clock.now() >= self._orphans_from
             while True:  # a backlog (after a broker loss) is queued in one tick, a batch at a time
