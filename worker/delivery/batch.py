@@ -158,14 +158,7 @@ def _deliver_one_of_batch(deps: DeliveryDeps, row: Notification, facts: _Facts |
         # Held until its answer is written; then the relay finds it and the accepted target is not resent.
         return Report(nid, State.SENDING, "provider answer waiting to be recorded", error=exc)
     except Exception as exc:
-        _release_after_error(deps, nid, exc)
-        return Report(
-            nid,
-            State.RETRYING,
-            f"internal error ({type(exc).__name__})",
-            retry_in=deps.settings.min_backoff_seconds,
-            error=exc,
-        )
+        return _handed_back(deps, nid, exc)
 
 
 class _BatchSettle:
@@ -326,9 +319,7 @@ def _bulk_call(
         # Held until written; then the relay finds them, and nothing accepted is sent again.
         return {id_of(entry.row) for entry, _, _ in answers}
     for _entry, out, answer in answers:
-        out.results.append((answer.provider, answer.result))
-        if answer.result.outcome is Outcome.ACCEPTED:
-            out.accepted += 1
+        out.add(answer.provider, answer.result)
     return set()
 
 

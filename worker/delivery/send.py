@@ -109,6 +109,12 @@ class _ChannelResult:
     already: int = 0
     results: list[tuple[str, SendResult]] = field(default_factory=list)
 
+    def add(self, provider: str, result: SendResult) -> None:
+        """One provider answer for one of this channel's targets."""
+        self.results.append((provider, result))
+        if result.outcome is Outcome.ACCEPTED:
+            self.accepted += 1
+
     def reached(self) -> bool:
         return self.accepted + self.already > 0
 
@@ -316,10 +322,7 @@ def _send_channel(
     out, planned = _plan_channel(deps, row, patient, devices, channel, accepted_before)
     providers = deps.providers.get(channel) or ()
     for target, message in planned:
-        name, result = _send_with_failover(deps, row, channel, providers, target, message)
-        out.results.append((name, result))
-        if result.outcome is Outcome.ACCEPTED:
-            out.accepted += 1
+        out.add(*_send_with_failover(deps, row, channel, providers, target, message))
     return out
 
 
