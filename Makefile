@@ -20,6 +20,7 @@ run: install
 ## Lint, type-check and the whole test suite (starts local PostgreSQL and Redis if they are installed but stopped).
 test: install
 	scripts/ensure-services
+	scripts/ensure-chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
