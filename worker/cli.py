@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from worker.api_key_cli import add_api_key_commands
 from worker.bootstrap import App, build_app
 from worker.categories import Category
-from worker.errors import CarenotifyError, NotFound
+from worker.errors import CarenotifyError, ConfigError, NotFound
 from worker.logs import configure_logging
 from worker.migrate import upgrade
-from worker.settings import Settings, load_settings
+from worker.settings import ENV_PREFIX, Settings, load_settings
 
 
 def _app(settings: Settings) -> App:
@@ -225,6 +225,23 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_preference_link(settings: Settings, args: argparse.Namespace) -> int:
+    """Print a patient's signed link to her preference page (what her emails and the SMS HELP answer carry)."""
+    from worker.bootstrap import preference_links
+    from worker.patients import patient_id_for
+
+    app = _app(settings)
+    try:
+        links = preference_links(settings, app.clock)
+        if links is None:
+            raise ConfigError(f"missing secret: set the environment variable {ENV_PREFIX}SIGNING_KEY")
+        url = links(patient_id_for(app.engine, args.patient_ref))
+    finally:
+        app.close()
+    print(url)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="carenotify", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -272,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("message_ids", nargs="*", metavar="MESSAGE_ID")
     replay.add_argument("--all", action="store_true", help="replay every dead letter")
     replay.set_defaults(func=cmd_dead_letters_replay)
+
+    link = sub.add_parser("preference-link", help="print a patient's signed link to her preference page")
+    link.add_argument("patient_ref", metavar="REF", help="the platform's patient reference")
+    link.set_defaults(func=cmd_preference_link)
 
     sub.add_parser("demo", help="seed demo patients and show notifications flowing (embedded default)").set_defaults(
         func=cmd_demo
