@@ -83,6 +83,8 @@ def read_token(key: str, token: str, now: datetime) -> Link:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (ValueError, binascii.Error):
         raise LinkInvalid() from None
+    if _b64(raw) != token:
+        raise LinkInvalid()  # base64's spare low bits: one spelling per token, so any change is refused
     body, tag = raw[:-TAG_BYTES], raw[-TAG_BYTES:]
     id_bytes = body[_EXPIRY_BYTES:]
     if not 1 <= len(id_bytes) <= 8 or not hmac.compare_digest(tag, _tag(key, body)):
