@@ -89,6 +89,8 @@ def test_the_page_shows_every_category_and_channel_and_get_changes_nothing(api: 
         assert private not in page.text
     assert not re.search(r"(src|href)=\"(https?:)?//", page.text)
     assert "<script" not in page.text
+    head = api.client.head(f"/p/{token}")
+    assert head.status_code == 200 and head.content == b"" and head.headers["referrer-policy"] == "no-referrer"
     assert _ledger(api) == [] and _rows(api) == []  # a link scanner or preview fetching it changes nothing
 
 

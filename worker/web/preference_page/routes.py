@@ -31,6 +31,7 @@ from worker.web.deps import AppDep
 router = APIRouter(include_in_schema=False)
 
 CSS_PATH = f"{PATH_PREFIX}static/page.css"
+ICON_PATH = f"{PATH_PREFIX}static/icon.svg"
 #: Only our own stylesheet; no script, frame, image, font or connection anywhere; forms post back to us only.
 CSP = (
     "default-src 'none'; style-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'; img-src 'self'"
@@ -62,8 +63,8 @@ def _templates() -> Jinja2Templates:
 
 
 @cache
-def _css() -> bytes:
-    return files("worker.web.preference_page").joinpath("static/page.css").read_bytes()
+def _asset(name: str) -> bytes:
+    return files("worker.web.preference_page").joinpath("static", name).read_bytes()
 
 
 def _key(app: App) -> str | None:
@@ -81,6 +82,7 @@ def _html(request: Request, template: str, lang: str, code: int = 200, **context
         "other_lang": other,
         "other_lang_name": text.LANGUAGE_NAMES[other],
         "css_url": CSS_PATH,
+        "icon_url": ICON_PATH,
     }
     return _templates().TemplateResponse(request, template, context, status_code=code, headers=SECURITY_HEADERS)
 
@@ -160,14 +162,22 @@ def _open(request: Request, app: App, token: str, lang: str | None) -> tuple[str
         return _message(request, text.language(lang, fallback), 404, "invalid_title", "gone_body")
 
 
+_ASSET_HEADERS = {"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"}
+
+
 @router.get(CSS_PATH)
 def stylesheet() -> Response:
-    """The page's only asset, served by us (no CDN)."""
-    headers = {"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"}
-    return Response(_css(), media_type="text/css", headers=headers)
+    """The page's stylesheet, served by us (no CDN, no web font)."""
+    return Response(_asset("page.css"), media_type="text/css", headers=_ASSET_HEADERS)
 
 
-@router.get(PATH_PREFIX + "{token}")
+@router.get(ICON_PATH)
+def icon() -> Response:
+    """Its icon, so a browser asking for one gets ours instead of a 404."""
+    return Response(_asset("icon.svg"), media_type="image/svg+xml", headers=_ASSET_HEADERS)
+
+
+@router.api_route(PATH_PREFIX + "{token}", methods=["GET", "HEAD"])  # link checkers and previews send HEAD
 def show(request: Request, token: str, app: AppDep, lang: str | None = None, saved: str | None = None) -> Response:
     """Her page, in ``lang`` if asked, else her locale. Reads only."""
     opened = _open(request, app, token, lang)
