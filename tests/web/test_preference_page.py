@@ -8,12 +8,14 @@ from datetime import timedelta
 from html import unescape
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
-from tests.conftest import create_notification, create_patient, load
+from tests.conftest import attempts, create_notification, create_patient, load
 from tests.web.conftest import SIGNING_KEY, Api, drain
 from worker.categories import Category, Channel
 from worker.db import session_scope
+from worker.delivery import deliver
 from worker.erasure import erase_patient
 from worker.models import Preference
 from worker.models_consent import ConsentEvent, ConsentSource
@@ -94,7 +96,7 @@ def test_the_page_shows_every_category_and_channel_and_get_changes_nothing(api: 
     assert _ledger(api) == [] and _rows(api) == []  # a link scanner or preview fetching it changes nothing
 
 
-def test_security_headers_on_every_answer(api: Api) -> None:
+def test_security_headers_on_every_answer(api: Api, capsys: pytest.CaptureFixture[str]) -> None:
     patient_id = create_patient(api.app)
     token = _token(api, patient_id)
     for response in (
@@ -115,6 +117,8 @@ def test_security_headers_on_every_answer(api: Api) -> None:
     assert css.status_code == 200 and css.headers["content-type"].startswith("text/css") and ".chip" in css.text
     assert "url(" not in css.text and "@import" not in css.text  # no font or image from anywhere
     assert "/p/{token}" not in api.client.get("/openapi.json").text  # a page, not an API
+    logged = capsys.readouterr()
+    assert "route=/p/{token}" in logged.out and token not in logged.out + logged.err  # the link is never logged
 
 
 def test_saving_writes_the_ledger_and_the_preference_and_a_queued_text_is_suppressed(api: Api) -> None:
@@ -300,3 +304,35 @@ def test_without_a_signing_key_the_page_says_try_later(make_app: Any) -> None:
     with TestClient(create_web_app(app)) as client:
         response = client.get(f"/p/{token}")
     assert response.status_code == 503 and "try again later" in response.text
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_on_postgres_and_redis_a_save_suppresses_a_queued_text_at_send_time(
+    make_app: Any, pg_url: str, redis_namespace: str
+) -> None:
+    """The production stack: the page's save and the fast send-time path (one statement reads every fact)."""
+    from fastapi.testclient import TestClient
+
+    from worker.web.app import create_web_app
+
+    app = make_app(database_url=pg_url, broker="redis", broker_namespace=redis_namespace, signing_key=SIGNING_KEY)
+    patient_id = create_patient(app)
+    queued = create_notification(app, patient_id, category=Category.SURVEY_REMINDER, channels=["sms", "email"])
+    token = make_token(SIGNING_KEY, patient_id=patient_id, now=app.clock.now(), ttl=TTL)
+    with TestClient(create_web_app(app)) as client:
+        form = _form(client.get(f"/p/{token}").text)
+        del form["survey_reminder.sms"]
+        assert client.post(f"/p/{token}", data=form, follow_redirects=False).status_code == 303
+    with session_scope(app.engine) as session:
+        [event] = session.scalars(select(ConsentEvent)).all()
+        assert (event.channel, event.category, event.granted, event.source) == (
+            "sms",
+            "survey_reminder",
+            False,
+            "preference_page",
+        )
+    assert deliver(app.deps, queued).state is State.SENT  # by email only: the text is held back
+    row = load(app, queued)
+    assert row.reason == "accepted: email (1 target); sms muted"
+    assert {a.channel for a in attempts(app, queued)} == {"email"}
