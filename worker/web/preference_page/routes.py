@@ -23,10 +23,11 @@ from worker.bootstrap import App
 from worker.errors import ConfigError, InvalidInput, NotFound
 from worker.preference_page import text
 from worker.preference_page.forms import FormExpired, make_form_token, read_form_token
-from worker.preference_page.grid import Lock, shown_state
+from worker.preference_page.grid import shown_state
 from worker.preference_page.links import PATH_PREFIX, LinkExpired, LinkInvalid, read_token
 from worker.preference_page.service import PageState, load_page, patient_locale, save_page
 from worker.web.deps import AppDep
+from worker.web.preference_page import view
 
 router = APIRouter(include_in_schema=False)
 
@@ -104,40 +105,16 @@ def _page(
     notice: str | None = None,
 ) -> Response:
     words = text.words(lang)
-    groups = []
-    for category in dict.fromkeys(cell.category for cell in state.cells):
-        title, about = text.category_text(lang, category)
-        cells = [c for c in state.cells if c.category is category]
-        offers_locked = any(c.lock is Lock.SMS_OFFERS_NEED_CONSENT for c in cells)
-        groups.append(
-            {
-                "key": category.value,
-                "title": title,
-                "about": about,
-                "cells": [
-                    {
-                        "name": c.name,
-                        "label": text.channel_name(lang, c.channel),
-                        "on": c.on,
-                        "disabled": not c.changeable,
-                        "lock": c.lock.value if c.lock else None,
-                    }
-                    for c in cells
-                ],
-                "note": words[Lock.SMS_OFFERS_NEED_CONSENT.value] if offers_locked else None,
-                "note_id": Lock.SMS_OFFERS_NEED_CONSENT.value,
-            }
-        )
     csrf = make_form_token(key, link_token=token, shown=shown_state(state.cells), now=app.clock.now())
     return _html(
         request,
         "page.html",
         lang,
         title=words["title"],
-        groups=groups,
+        groups=view.groups(state.cells, lang),
         csrf=csrf,
         action=f"{PATH_PREFIX}{token}",
-        sms_stopped=any(c.lock is Lock.SMS_STOPPED for c in state.cells),
+        sms_stopped=view.sms_stopped(state.cells),
         status=status,
         notice=notice,
     )
