@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import structlog
 from sqlalchemy.engine import Engine
 
 from worker.clock import Clock
@@ -15,6 +16,8 @@ from worker.models import Patient
 from worker.models_consent import ConsentSource
 from worker.preference_page.grid import Cell, build_cells, changes_from
 from worker.preferences import get_preferences, set_preferences
+
+log = structlog.get_logger(__name__)
 
 #: Who the ledger says made the change: the patient herself, holding her signed link.
 ACTOR = "patient"
@@ -51,4 +54,6 @@ def save_page(engine: Engine, clock: Clock, *, patient_id: int, shown: str, tick
         set_preferences(
             engine, clock, patient_id=patient_id, changes=changes, source=ConsentSource.PREFERENCE_PAGE, actor=ACTOR
         )
+    # Ids and counts only; which boxes she changed is in the consent ledger.
+    log.info("preference_page.saved", patient_id=patient_id, changes=len(changes))
     return len(changes)
