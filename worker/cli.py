@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from worker.api_key_cli import add_api_key_commands
 from worker.bootstrap import App, build_app
 from worker.categories import Category
-from worker.errors import CarenotifyError, ConfigError, NotFound
+from worker.errors import CarenotifyError, NotFound
 from worker.logs import configure_logging
 from worker.migrate import upgrade
-from worker.settings import ENV_PREFIX, Settings, load_settings
+from worker.settings import Settings, load_settings
 
 
 def _app(settings: Settings) -> App:
@@ -228,7 +228,9 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_preference_link(settings: Settings, args: argparse.Namespace) -> int:
     """Print a patient's signed link to her preference page (what her emails and the SMS HELP answer carry)."""
     from worker.bootstrap import preference_links
+    from worker.errors import ConfigError
     from worker.patients import patient_id_for
+    from worker.settings import ENV_PREFIX
 
     app = _app(settings)
     try:
