@@ -33,6 +33,7 @@ from worker.errors import ConfigError
 from worker.metrics.rollup import MetricsRollup
 from worker.outbox import Relay, Submitted, submit
 from worker.outbox.stamps import EnqueueStamps
+from worker.preference_page.links import make_url as make_preference_url
 from worker.settings import Settings, load_settings
 from worker.unsubscribe import make_unsubscribe_url
 
@@ -139,6 +140,17 @@ def _unsubscribe_links(settings: Settings, clock: Clock) -> Callable[[int], str]
     )
 
 
+def preference_links(settings: Settings, clock: Clock) -> Callable[[int], str] | None:
+    """patient id -> her signed preference-page link (worker/preference_page), or ``None`` without a signing key."""
+    if settings.signing_key is None:
+        return None
+    key = settings.require_secret("signing_key")
+    ttl = timedelta(days=settings.preference_page.link_ttl_days)
+    return lambda patient_id: make_preference_url(
+        settings.public_base_url, key, patient_id=patient_id, now=clock.now(), ttl=ttl
+    )
+
+
 def queue_in_batches(actors: Actors, size: int, notification_ids: Sequence[int]) -> None:
     """``deliver_batch`` messages of ``size`` ids each (a lone id goes as a plain ``deliver``)."""
     ids = list(notification_ids)
@@ -233,6 +245,7 @@ def build_app(
         leases=leases,
         quiet_window=(settings.scheduling.quiet_hours_start, settings.scheduling.quiet_hours_end),
         unsubscribe_url=_unsubscribe_links(settings, clock),
+        preference_url=preference_links(settings, clock),
         breakers=CircuitBreakers(
             clock,
             threshold=settings.provider.breaker_failure_threshold,

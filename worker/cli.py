@@ -225,6 +225,25 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_preference_link(settings: Settings, args: argparse.Namespace) -> int:
+    """Print a patient's signed link to her preference page (what her emails and the SMS HELP answer carry)."""
+    from worker.bootstrap import preference_links
+    from worker.errors import ConfigError
+    from worker.patients import patient_id_for
+    from worker.settings import ENV_PREFIX
+
+    app = _app(settings)
+    try:
+        links = preference_links(settings, app.clock)
+        if links is None:
+            raise ConfigError(f"missing secret: set the environment variable {ENV_PREFIX}SIGNING_KEY")
+        url = links(patient_id_for(app.engine, args.patient_ref))
+    finally:
+        app.close()
+    print(url)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="carenotify", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -272,6 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("message_ids", nargs="*", metavar="MESSAGE_ID")
     replay.add_argument("--all", action="store_true", help="replay every dead letter")
     replay.set_defaults(func=cmd_dead_letters_replay)
+
+    link = sub.add_parser("preference-link", help="print a patient's signed link to her preference page")
+    link.add_argument("patient_ref", metavar="REF", help="the platform's patient reference")
+    link.set_defaults(func=cmd_preference_link)
 
     sub.add_parser("demo", help="seed demo patients and show notifications flowing (embedded default)").set_defaults(
         func=cmd_demo

@@ -19,6 +19,7 @@ class ConsentSource(StrEnum):
     UNSUBSCRIBE_LINK = "unsubscribe_link"  # email link or RFC 8058 one-click
     PROVIDER_REPORT = "provider_report"  # Twilio 21610, SendGrid unsubscribe/spamreport
     OPERATOR = "operator"
+    PREFERENCE_PAGE = "preference_page"  # the patient, on the page her signed email / SMS HELP link opens
 
 
 class ConsentEvent(SQLModel, table=True):

@@ -199,6 +199,17 @@ class WebSettings(BaseModel):
     retention_max_per_tick: int = Field(50_000, ge=1)
 
 
+class PreferencePageSettings(BaseModel):
+    """The patient's preference page (worker/preference_page): how long her signed links and a loaded form last."""
+
+    model_config = {"extra": "forbid"}
+
+    #: A link in an email footer or the SMS HELP answer opens her page this long.
+    link_ttl_days: float = Field(30.0, gt=0, le=365)
+    #: A page left open longer than this asks her to look again before saving (nothing is changed).
+    form_ttl_hours: float = Field(24.0, gt=0, le=24 * 7)
+
+
 class PatientSettings(BaseModel):
     """What contact data the platform's patients may give."""
 
@@ -264,6 +275,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     patients: PatientSettings = Field(default_factory=PatientSettings)
+    preference_page: PreferencePageSettings = Field(default_factory=PreferencePageSettings)
 
     # Secrets: environment only (see SECRET_FIELDS).
     fcm_service_account_json: SecretStr | None = None

@@ -73,6 +73,9 @@ class DeliveryDeps:
     rate_limits: ProviderRateLimits | None = None
     #: patient id -> signed unsubscribe URL; ``None`` when no signing key is configured.
     unsubscribe_url: Callable[[int], str] | None = None
+    #: patient id -> signed link to her preference page (every email footer, the SMS HELP answer); ``None`` when no
+    #: signing key is configured.
+    preference_url: Callable[[int], str] | None = None
 
 
 @dataclass(frozen=True)
@@ -349,6 +352,9 @@ def _plan_channel(
             )
             return out, []
         unsubscribe = data["unsubscribe_url"] = deps.unsubscribe_url(row.patient_id)
+    preferences = _preference_link(deps, row, channel)
+    if preferences is not None and channel is Channel.EMAIL:
+        data["preferences_url"] = preferences  # a bulk email substitutes it per recipient (integrations/sendgrid.py)
     text = render(
         Category(row.category),
         channel,
@@ -356,6 +362,7 @@ def _plan_channel(
         unsubscribe_url=unsubscribe,
         sms_reply=str(row.context.get("sms_reply") or "") or None,
         template=str(row.context.get("template") or "") or None,
+        preference_url=preferences,
     )
     planned: list[tuple[_Target, OutboundMessage]] = []
     for target in _targets(channel, patient, devices):
@@ -376,6 +383,15 @@ def _plan_channel(
         )
         planned.append((target, message))
     return out, planned
+
+
+def _preference_link(deps: DeliveryDeps, row: Notification, channel: Channel) -> str | None:
+    """Her preference-page link, where a text carries one: every email, and the SMS answer to HELP."""
+    if deps.preference_url is None:
+        return None
+    if channel is Channel.EMAIL or (channel is Channel.SMS and row.context.get("sms_reply") == "help"):
+        return deps.preference_url(row.patient_id)
+    return None
 
 
 def _send_with_failover(

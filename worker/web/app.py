@@ -20,6 +20,7 @@ from worker.web.body_limit import BodyLimitMiddleware
 from worker.web.docs import install_docs
 from worker.web.errors import install_error_handlers
 from worker.web.idempotency import IdempotencyMiddleware
+from worker.web.preference_page.routes import router as preference_page_router
 
 #: Provider callbacks get their own (larger) body limit: SendGrid batches events.
 WEBHOOK_PREFIX = "/webhooks/"
@@ -57,6 +58,7 @@ def create_web_app(app: App) -> FastAPI:
         routes_campaigns.router,
         routes_unsubscribe.router,
         routes_webhooks.router,
+        preference_page_router,
     ):
         web.include_router(router)
     return web
