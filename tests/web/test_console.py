@@ -158,8 +158,9 @@ def test_revoking_the_key_or_the_scope_ends_sessions(console: Console) -> None:
 
 def test_patient_search_timeline_and_masking(console: Console) -> None:
     console.sign_in()
-    missing = console.client.get("/console/patients", params={"ref": "nobody"})
+    missing = console.client.get("/console/patients", params={"ref": "<script>x</script>"})
     assert missing.status_code == 404 and "No patient has the ref" in missing.text
+    assert "&lt;script&gt;" in missing.text and "<script>x" not in missing.text  # echoed escaped, never as markup
     found = console.client.get("/console/patients", params={"ref": PATIENT_REF}, follow_redirects=False)
     assert found.headers["location"] == f"/console/patients/{PATIENT_REF}"
     page = console.client.get(found.headers["location"]).text
@@ -259,3 +260,26 @@ def test_campaign_progress_and_cancel(console: Console) -> None:
     assert "cancelled" in after and f"/console/campaigns/{cid}/cancel" not in after
     assert "<dt>Cancelled</dt><dd>4</dd>" in after
     assert console.client.get("/console/campaigns/9999/cancel").status_code == 404
+
+
+def test_run_demo_prints_the_console_and_a_one_time_key(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.test_cli import _run
+    from worker.db import make_engine
+    from worker.web.auth import Scope, authenticate
+
+    keys = []
+    for _ in range(2):
+        result = _run(["run", "--demo", "--once", "--port", "0"], tmp_path)
+        assert result.returncode == 0, result.stderr
+        match = re.search(
+            r"operator console: http://127\.0\.0\.1:\d+/console  \(one-time demo key: (cn_\S+)\)", result.stdout
+        )
+        assert match, result.stdout
+        keys.append(match.group(1))
+    engine = make_engine(f"sqlite:///{tmp_path / 'cli.db'}")
+    try:
+        latest = authenticate(engine, keys[1])
+        assert latest is not None and latest.scopes == {Scope.CONSOLE}
+        assert authenticate(engine, keys[0]) is None  # each run's key replaces the last
+    finally:
+        engine.dispose()
