@@ -1,25 +1,23 @@
 """A patient's notifications and consent-ledger rows, newest first, one page at a time.
 
 A page costs the same at any table size: each source is read through an index on ``(patient_id, time, id)``
-(migration 0055) from the cursor down, ``limit + 1`` rows each, then merged; the page's provider calls come by
-``notification_id``. No contact data is read: a provider answer is its provider, channel, outcome and error code.
+(migration 0055) from the cursor down, ``limit + 1`` rows each, then merged; the page's provider calls come with
+its notifications (an outer join by ``notification_id``): two statements a page. No contact data is read: a
+provider answer is its provider, channel, outcome and error code.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, tuple_
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import col
 
 from worker.activity.cursor import LEDGER_RANK, NOTIFICATION_RANK, Position, decode_cursor, encode_cursor
 from worker.categories import RULES, Category
-from worker.db import session_scope
 from worker.models import DeliveryAttempt, Notification
 from worker.models_consent import ConsentEvent
 
@@ -104,17 +102,19 @@ def patient_activity(engine: Engine, patient_id: int, *, cursor: str | None = No
     """One page of the patient's activity after ``cursor`` (from the newest without one)."""
     limit = max(1, min(limit, MAX_LIMIT))
     after = decode_cursor(cursor) if cursor else None
-    with session_scope(engine) as session:
-        notifications = _notifications(session, patient_id, after, limit + 1)
-        ledger = _ledger(session, patient_id, after, limit + 1)
-        merged: list[Item] = sorted([*notifications, *ledger], key=lambda item: item.position, reverse=True)
+    with engine.connect() as conn:
+        notifications = _notifications(conn, patient_id, after, limit + 1)
+        ledger = _ledger(conn, patient_id, after, limit + 1)
+        conn.rollback()  # read only
+    merged: list[Item] = sorted([*notifications, *ledger], key=lambda item: item.position, reverse=True)
     page = merged[:limit]
     more = len(merged) > limit
     return ActivityPage(items=page, next_cursor=encode_cursor(page[-1].position) if more and page else None)
 
 
-def _notifications(session: Session, patient_id: int, after: Position | None, n: int) -> list[NotificationItem]:
-    # Plain columns, not ORM entities: a page is read-only, and skipping the identity map halves its Python cost.
+def _notifications(conn: Connection, patient_id: int, after: Position | None, n: int) -> list[NotificationItem]:
+    """The page's notifications and their provider calls, in one statement (one round trip): the ``n`` rows
+    from the cursor down, outer-joined to their attempts by ``ix_delivery_attempt_notification_id``."""
     query = select(
         col(Notification.id),
         col(Notification.created_at),
@@ -132,56 +132,56 @@ def _notifications(session: Session, patient_id: int, after: Position | None, n:
             query = query.where(tuple_(col(Notification.created_at), col(Notification.id)) < tuple_(after.at, after.id))
         else:  # a ledger row at that instant sorts after every notification of the same instant
             query = query.where(col(Notification.created_at) < after.at)
-    rows = session.execute(
-        query.order_by(col(Notification.created_at).desc(), col(Notification.id).desc()).limit(n)
-    ).all()
-    answers = _answers(session, [int(row.id) for row in rows])
-    out = []
-    for row in rows:
-        mine = answers.get(int(row.id), [])
-        out.append(
-            NotificationItem(
-                id=int(row.id),
-                at=row.created_at,
-                category=str(row.category),
-                state=str(row.state),
-                reason=row.reason,
-                channels_requested=list(row.channels) if row.channels is not None else None,
-                channels_tried=list(dict.fromkeys(answer.channel for answer in mine)),
-                answers=mine,
-                not_before=row.not_before,
-                updated_at=row.updated_at,
-                finished_at=row.finished_at,
-                campaign_id=row.campaign_id,
-            )
-        )
-    return out
-
-
-def _answers(session: Session, ids: Sequence[int]) -> dict[int, list[ProviderAnswer]]:
-    if not ids:
-        return {}
-    rows = session.execute(
+    page = query.order_by(col(Notification.created_at).desc(), col(Notification.id).desc()).limit(n).subquery("page")
+    attempt = DeliveryAttempt.__table__.alias("attempt")  # type: ignore[attr-defined]
+    rows = conn.execute(
         select(
-            col(DeliveryAttempt.notification_id),
-            col(DeliveryAttempt.started_at),
-            col(DeliveryAttempt.channel),
-            col(DeliveryAttempt.provider),
-            col(DeliveryAttempt.outcome),
-            col(DeliveryAttempt.error_code),
+            page,
+            attempt.c.started_at.label("answer_at"),
+            attempt.c.channel.label("answer_channel"),
+            attempt.c.provider.label("answer_provider"),
+            attempt.c.outcome.label("answer_outcome"),
+            attempt.c.error_code.label("answer_error_code"),
         )
-        .where(col(DeliveryAttempt.notification_id).in_(list(ids)))
-        .order_by(col(DeliveryAttempt.id))
+        .select_from(page.outerjoin(attempt, attempt.c.notification_id == page.c.id))
+        .order_by(page.c.created_at.desc(), page.c.id.desc(), attempt.c.id)
     ).all()
-    out: dict[int, list[ProviderAnswer]] = {}
-    for notification_id, at, channel, provider, outcome, error_code in rows:
-        out.setdefault(int(notification_id), []).append(
-            ProviderAnswer(at=at, channel=str(channel), provider=provider, outcome=outcome, error_code=error_code)
-        )
+    out: list[NotificationItem] = []
+    for row in rows:
+        if not out or out[-1].id != row.id:
+            out.append(
+                NotificationItem(
+                    id=int(row.id),
+                    at=row.created_at,
+                    category=str(row.category),
+                    state=str(row.state),
+                    reason=row.reason,
+                    channels_requested=list(row.channels) if row.channels is not None else None,
+                    channels_tried=[],
+                    answers=[],
+                    not_before=row.not_before,
+                    updated_at=row.updated_at,
+                    finished_at=row.finished_at,
+                    campaign_id=row.campaign_id,
+                )
+            )
+        if row.answer_provider is not None:
+            item = out[-1]
+            item.answers.append(
+                ProviderAnswer(
+                    at=row.answer_at,
+                    channel=str(row.answer_channel),
+                    provider=row.answer_provider,
+                    outcome=row.answer_outcome,
+                    error_code=row.answer_error_code,
+                )
+            )
+            if str(row.answer_channel) not in item.channels_tried:
+                item.channels_tried.append(str(row.answer_channel))
     return out
 
 
-def _ledger(session: Session, patient_id: int, after: Position | None, n: int) -> list[LedgerItem]:
+def _ledger(conn: Connection, patient_id: int, after: Position | None, n: int) -> list[LedgerItem]:
     query = select(
         col(ConsentEvent.id),
         col(ConsentEvent.at),
@@ -197,7 +197,7 @@ def _ledger(session: Session, patient_id: int, after: Position | None, n: int) -
             query = query.where(tuple_(col(ConsentEvent.at), col(ConsentEvent.id)) < tuple_(after.at, after.id))
         else:  # every ledger row of the cursor's instant sorts after the notification it names
             query = query.where(col(ConsentEvent.at) <= after.at)
-    rows = session.execute(query.order_by(col(ConsentEvent.at).desc(), col(ConsentEvent.id).desc()).limit(n)).all()
+    rows = conn.execute(query.order_by(col(ConsentEvent.at).desc(), col(ConsentEvent.id).desc()).limit(n)).all()
     return [
         LedgerItem(
             id=int(row.id),
