@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, quote, urlencode
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
@@ -19,6 +20,7 @@ from fastapi.templating import Jinja2Templates
 
 from worker.activity import LedgerItem, NotificationItem, patient_activity
 from worker.broker import queue_depths
+from worker.campaigns import cancel_campaign
 from worker.dead_letters import list_dead_letters, replay_dead_letter
 from worker.errors import InvalidInput, NotFound
 from worker.metrics.health import provider_health
@@ -210,8 +212,6 @@ def patients(request: Request, app: AppDep, user: OperatorDep, ref: str = "") ->
 
 
 def _quoted(ref: str) -> str:
-    from urllib.parse import quote
-
     return quote(ref, safe="")
 
 
@@ -338,8 +338,6 @@ def _replay(app: AppDep, message_id: str) -> bool:
 
 @router.get("/health")
 def health(request: Request, app: AppDep, user: OperatorDep) -> Response:
-    from datetime import timedelta
-
     cfg = app.settings.provider
     names = [provider.name for providers in app.providers.values() for provider in providers]
     rows = provider_health(
@@ -398,8 +396,6 @@ def cancel_confirm(request: Request, app: AppDep, user: OperatorDep, campaign_id
 
 @router.post("/campaigns/{campaign_id}/cancel")
 def cancel(request: Request, app: AppDep, user: PostedBy, campaign_id: int) -> Response:
-    from worker.campaigns import cancel_campaign
-
     try:
         if not 0 < campaign_id < 2**31:
             raise NotFound(f"campaign {campaign_id} does not exist")
