@@ -283,3 +283,22 @@ def test_run_demo_prints_the_console_and_a_one_time_key(tmp_path) -> None:  # ty
         assert authenticate(engine, keys[0]) is None  # each run's key replaces the last
     finally:
         engine.dispose()
+
+
+@pytest.mark.postgres
+def test_console_on_postgres(make_app, pg_url: str) -> None:  # type: ignore[no-untyped-def]
+    app = make_app(providers=fake_providers(), database_url=pg_url)
+    seeded = seed(app)
+    with TestClient(create_web_app(app)) as client:
+        console = Console(app, client, seeded)
+        assert console.sign_in().status_code == 303
+        page = client.get(f"/console/patients/{PATIENT_REF}").text
+        assert "+1 ***-***-0142" in page and f"#{seeded.failed_id} " in page and "ledger: preference" in page
+        assert "fake-push" in client.get("/console/health").text
+        confirm = client.get(f"/console/campaigns/{seeded.campaign_id}/cancel").text
+        done = client.post(
+            f"/console/campaigns/{seeded.campaign_id}/cancel", data={"csrf": _csrf(confirm)}, follow_redirects=False
+        )
+        assert done.headers["location"] == "/console/campaigns?notice=cancelled"
+        app.clock.advance(minutes=31)
+        assert client.get("/console/patients", follow_redirects=False).status_code == 303

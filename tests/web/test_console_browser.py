@@ -41,6 +41,15 @@ def _fits(page: Any) -> bool:
     return bool(page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"))
 
 
+#: Controls a screen reader could not name: inputs without a label, links and buttons without text or aria-label.
+UNNAMED = """() => [
+  ...[...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
+    .filter(el => el.labels.length === 0 && !el.getAttribute('aria-label')).map(el => el.outerHTML),
+  ...[...document.querySelectorAll('a, button')]
+    .filter(el => !el.textContent.trim() && !el.getAttribute('aria-label')).map(el => el.outerHTML),
+]"""
+
+
 def _keyboard_to(page: Any, role: str, name: str) -> None:
     """Reach a control with Tab alone and press Enter on it, as a keyboard user would."""
     target = page.get_by_role(role, name=name)
@@ -153,6 +162,8 @@ def test_console_at_360_px(browser, screenshots: Path, served) -> None:  # type:
         page.goto(f"{base}{path}")
         assert page.url == f"{base}{path}"
         assert _fits(page), path
+        assert page.evaluate(UNNAMED) == [], path
+        assert page.locator("h1").count() == 1 and page.locator("html[lang=en]").count() == 1
         page.screenshot(path=screenshots / f"{name}.png", full_page=True)
     assert watched.errors == []
     context.close()
