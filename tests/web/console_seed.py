@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import dramatiq
 
-from integrations.base import Outcome, SendResult
+from integrations.base import Outcome, Provider, SendResult
 from integrations.fake import ScriptedProvider
 from tests.conftest import create_notification, create_patient, fake_providers
 from worker.bootstrap import App
@@ -73,7 +73,24 @@ def dead_letter(app: App, patient_id: int) -> int:
     return nid
 
 
+def providers() -> dict[Channel, list[Provider]]:
+    """Push accepts the first notice and refuses the second for good, as SMS then does too."""
+    push = ScriptedProvider(
+        name="fake-push",
+        channel=Channel.PUSH,
+        script=[
+            SendResult(outcome=Outcome.ACCEPTED),
+            SendResult(outcome=Outcome.FAILED, error_code="InvalidRegistration"),
+        ],
+    )
+    sms = ScriptedProvider(
+        name="fake-sms", channel=Channel.SMS, script=[SendResult(outcome=Outcome.FAILED, error_code="21211")]
+    )
+    return fake_providers(push=push, sms=sms)
+
+
 def seed(app: App) -> Seeded:
+    """The world; ``app`` was built with :func:`providers`."""
     console_key = create_api_key(app.engine, app.clock, "support-desk", scopes="console")
     api_key = create_api_key(app.engine, app.clock, "care-platform")
     patient = create_patient(app, ref=PATIENT_REF, phone=PHONE, email=EMAIL)
@@ -101,12 +118,7 @@ def seed(app: App) -> Seeded:
         actor="api:care-platform",
     )
     app.clock.advance(minutes=2)
-    push = app.deps.providers[Channel.PUSH][0]
-    sms = app.deps.providers[Channel.SMS][0]
-    assert isinstance(push, ScriptedProvider) and isinstance(sms, ScriptedProvider)
-    push._script.append(SendResult(outcome=Outcome.FAILED, error_code="InvalidRegistration"))  # noqa: SLF001
-    sms._script.append(SendResult(outcome=Outcome.FAILED, error_code="21211"))  # noqa: SLF001
-    failed = create_notification(app, patient)
+    failed = create_notification(app, patient)  # push and SMS both refuse it (see providers())
     deliver(app.deps, failed)
     app.clock.advance(minutes=2)
     dead = dead_letter(app, patient)

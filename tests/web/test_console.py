@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import fake_providers
-from tests.web.console_seed import EMAIL, PATIENT_REF, Seeded, seed
+from tests.web.console_seed import EMAIL, PATIENT_REF, Seeded, providers, seed
 from worker.bootstrap import App
 from worker.dead_letters import list_dead_letters
 from worker.web.app import create_web_app
@@ -58,7 +57,7 @@ def _csrf(html: str) -> str:
 
 @pytest.fixture
 def console(make_app) -> Iterator[Console]:  # type: ignore[no-untyped-def]
-    app = make_app(providers=fake_providers())
+    app = make_app(providers=providers())
     seeded = seed(app)
     with TestClient(create_web_app(app)) as client:
         yield Console(app, client, seeded)
@@ -287,7 +286,7 @@ def test_run_demo_prints_the_console_and_a_one_time_key(tmp_path) -> None:  # ty
 
 @pytest.mark.postgres
 def test_console_on_postgres(make_app, pg_url: str) -> None:  # type: ignore[no-untyped-def]
-    app = make_app(providers=fake_providers(), database_url=pg_url)
+    app = make_app(providers=providers(), database_url=pg_url)
     seeded = seed(app)
     with TestClient(create_web_app(app)) as client:
         console = Console(app, client, seeded)

@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 from tests.browser import browser, live_server, screenshots  # noqa: F401
-from tests.conftest import fake_providers
-from tests.web.console_seed import PATIENT_REF, PHONE, Seeded, seed
+from tests.web.console_seed import PATIENT_REF, PHONE, Seeded, providers, seed
 from worker.bootstrap import App
 from worker.dead_letters import list_dead_letters
 from worker.web.app import create_web_app
@@ -20,7 +19,7 @@ from worker.web.app import create_web_app
 
 @pytest.fixture
 def served(make_app) -> Iterator[tuple[str, App, Seeded]]:  # type: ignore[no-untyped-def]
-    app = make_app(providers=fake_providers())
+    app = make_app(providers=providers())
     seeded = seed(app)
     with live_server(create_web_app(app)) as base:
         yield base, app, seeded
