@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from structlog.testing import capture_logs
 
 from tests.web.console_seed import EMAIL, PATIENT_REF, Seeded, providers, seed
 from worker.bootstrap import App
@@ -76,7 +77,10 @@ def test_no_page_without_a_session(console: Console) -> None:
 
 def test_sign_in_needs_a_live_key_with_the_console_scope(console: Console) -> None:
     for key in ("cn_000000000000_" + "a" * 43, "not a key", console.seeded.api_key):  # unknown, garbage, no scope
-        response = console.sign_in(key)
+        with capture_logs() as logs:
+            response = console.sign_in(key)
+        assert [e["event"] for e in logs if e["event"].startswith("console.")] == ["console.sign_in_refused"]
+        assert key not in repr(logs)
         assert response.status_code == 401
         assert "lacks the console scope" in response.text and key not in response.text
         assert "cn_console=" not in response.headers.get("set-cookie", "")
@@ -205,10 +209,15 @@ def test_dead_letters_inspect_and_replay(console: Console) -> None:
     assert "deliver" in inspect and "failed" in inspect
     confirm = console.client.get(f"/console/dead-letters/{letter.message_id}/replay")
     assert "Replay this dead letter?" in confirm.text
-    done = console.client.post(
-        f"/console/dead-letters/{letter.message_id}/replay", data={"csrf": _csrf(confirm.text)}, follow_redirects=False
-    )
+    with capture_logs() as logs:
+        done = console.client.post(
+            f"/console/dead-letters/{letter.message_id}/replay",
+            data={"csrf": _csrf(confirm.text)},
+            follow_redirects=False,
+        )
     assert done.headers["location"] == "/console/dead-letters?notice=replayed"
+    [audit] = [e for e in logs if e["event"] == "console.dead_letter_replayed"]  # who did it, for the audit trail
+    assert audit["operator"] == "support-desk" and audit["notification_id"] == console.seeded.dead_id
     assert list_dead_letters(console.app.broker, console.app.settings.queue_name) == []
     history = console.client.get(f"/console/notifications/{console.seeded.dead_id}").text
     assert "replayed from dead letters" in history

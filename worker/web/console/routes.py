@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs, quote, urlencode
 
+import structlog
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
@@ -27,6 +28,8 @@ from worker.metrics.health import provider_health
 from worker.notification_report import notification_report
 from worker.web.console import sessions, views
 from worker.web.deps import AppDep
+
+log = structlog.get_logger(__name__)
 
 HERE = Path(__file__).resolve().parent
 COOKIE = "cn_console"
@@ -171,8 +174,9 @@ def sign_in(request: Request, app: AppDep, form: FormDep) -> Response:
     if not expected or not hmac.compare_digest(form.get("csrf", ""), expected):
         raise CsrfRefused
     try:
-        token, _ = sessions.sign_in(app.engine, app.clock, form.get("api_key", ""))
+        token, signed_in = sessions.sign_in(app.engine, app.clock, form.get("api_key", ""))
     except sessions.NotAllowed:
+        log.warning("console.sign_in_refused")  # never the key
         fresh = secrets.token_urlsafe(32)
         response = render(
             request,
@@ -183,6 +187,7 @@ def sign_in(request: Request, app: AppDep, form: FormDep) -> Response:
         )
         _set_cookie(request, response, SIGNIN_COOKIE, fresh)
         return response
+    log.info("console.signed_in", operator=signed_in.name, key_id=signed_in.key_id)
     sessions.forget_expired(app.engine, app.clock, app.settings.console)
     response = redirect("/patients")
     _set_cookie(request, response, COOKIE, token)
@@ -193,6 +198,7 @@ def sign_in(request: Request, app: AppDep, form: FormDep) -> Response:
 @router.post("/sign-out")
 def sign_out(request: Request, app: AppDep, user: PostedBy) -> Response:
     sessions.sign_out(app.engine, user.session_id)
+    log.info("console.signed_out", operator=user.name)
     response = redirect("/sign-in", "signed-out")
     _clear_cookie(request, response, COOKIE)
     return response
@@ -290,7 +296,7 @@ def replay_all_confirm(request: Request, app: AppDep, user: OperatorDep) -> Resp
 @router.post("/dead-letters/replay-all")
 def replay_all(app: AppDep, user: PostedBy) -> Response:
     for view in _letters(app):
-        _replay(app, view.letter.message_id)
+        _replay(app, user, view.letter.message_id)
     return redirect("/dead-letters", "replayed-all")
 
 
@@ -323,13 +329,15 @@ def replay_confirm(request: Request, app: AppDep, user: OperatorDep, message_id:
 
 @router.post("/dead-letters/{message_id}/replay")
 def replay(app: AppDep, user: PostedBy, message_id: str) -> Response:
-    return redirect("/dead-letters", "replayed" if _replay(app, message_id) else "gone")
+    return redirect("/dead-letters", "replayed" if _replay(app, user, message_id) else "gone")
 
 
-def _replay(app: AppDep, message_id: str) -> bool:
+def _replay(app: AppDep, user: sessions.Operator, message_id: str) -> bool:
     letter = replay_dead_letter(
         app.broker, app.engine, app.clock, app.enqueue, queue_name=app.settings.queue_name, message_id=message_id
     )
+    if letter is not None:  # who did what, for the audit trail
+        log.info("console.dead_letter_replayed", operator=user.name, notification_id=letter.notification_id)
     return letter is not None
 
 
@@ -400,6 +408,7 @@ def cancel(request: Request, app: AppDep, user: PostedBy, campaign_id: int) -> R
         if not 0 < campaign_id < 2**31:
             raise NotFound(f"campaign {campaign_id} does not exist")
         cancel_campaign(app.engine, app.clock, campaign_id)
+        log.info("console.campaign_cancelled", operator=user.name, campaign_id=campaign_id)
     except NotFound:
         return render(request, "error.html", status=404, user=user, message="No campaign with that id.")
     return redirect("/campaigns", "cancelled")
