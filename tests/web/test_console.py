@@ -73,6 +73,11 @@ def test_no_page_without_a_session(console: Console) -> None:
         response = console.client.post(path, data={"csrf": "x"}, follow_redirects=False)
         assert response.status_code == 303 and response.headers["location"] == "/console/sign-in"
     assert list_dead_letters(console.app.broker, console.app.settings.queue_name)  # nothing was replayed
+    # The sign-in page's own assets are served to anyone, from the app itself; nothing else is.
+    css = console.client.get("/console/static/console.css")
+    assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+    assert console.client.get("/console/static/../routes.py").status_code == 404
+    assert console.client.get("/console/static/routes.py").status_code == 404
 
 
 def test_sign_in_needs_a_live_key_with_the_console_scope(console: Console) -> None:
