@@ -52,6 +52,11 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         sock.close()
         raise
     print(f"carenotify running (env={settings.env}, broker={settings.broker}); http://{args.host}:{port}/healthz")
+    if args.demo:
+        from worker.demo import demo_console_key
+
+        key = demo_console_key(app)
+        print(f"operator console: http://{args.host}:{port}/console  (one-time demo key: {key})", flush=True)
     try:
         if args.once:
             app.broker.join(settings.queue_name, timeout=30_000)
@@ -244,6 +249,25 @@ def cmd_preference_link(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_activity(settings: Settings, args: argparse.Namespace) -> int:
+    """A patient's notifications and consent-ledger rows, newest first, one page (``--cursor`` for the next)."""
+    from worker.activity import page_as_json, patient_activity
+    from worker.patients import patient_id_for
+
+    app = _app(settings)
+    try:
+        page = patient_activity(
+            app.engine, patient_id_for(app.engine, args.patient_ref), cursor=args.cursor, limit=args.limit
+        )
+    except NotFound:
+        print("no patient with that ref", file=sys.stderr)
+        return 1
+    finally:
+        app.close()
+    print(json.dumps(page_as_json(page), indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="carenotify", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -299,6 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("demo", help="seed demo patients and show notifications flowing (embedded default)").set_defaults(
         func=cmd_demo
     )
+    activity = sub.add_parser("activity", help="a patient's notifications and consent events, newest first")
+    activity.add_argument("patient_ref")
+    activity.add_argument("--cursor", default=None, help="next_cursor of the previous page")
+    activity.add_argument("--limit", type=int, default=25, choices=range(1, 101), metavar="1-100")
+    activity.set_defaults(func=cmd_activity)
     return parser
 
 

@@ -210,6 +210,19 @@ class PreferencePageSettings(BaseModel):
     form_ttl_hours: float = Field(24.0, gt=0, le=24 * 7)
 
 
+class ConsoleSettings(BaseModel):
+    """The operators' web console (``/console``): how long a signed-in session lasts."""
+
+    model_config = {"extra": "forbid"}
+
+    #: A session with no request for this long is over (the operator signs in again).
+    idle_timeout_minutes: float = Field(30.0, gt=0, le=24 * 60)
+    #: However busy, a session ends this long after sign-in.
+    max_session_hours: float = Field(12.0, gt=0, le=7 * 24)
+    #: Provider health looks back this far (accepted / retried / failed counts, rate-limit waits).
+    health_window_minutes: int = Field(60, ge=1, le=24 * 60)
+
+
 class PatientSettings(BaseModel):
     """What contact data the platform's patients may give."""
 
@@ -276,6 +289,7 @@ class Settings(BaseSettings):
     web: WebSettings = Field(default_factory=WebSettings)
     patients: PatientSettings = Field(default_factory=PatientSettings)
     preference_page: PreferencePageSettings = Field(default_factory=PreferencePageSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
 
     # Secrets: environment only (see SECRET_FIELDS).
     fcm_service_account_json: SecretStr | None = None

@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from worker.bootstrap import App
 from worker.web import (
+    routes_activity,
     routes_campaigns,
     routes_notifications,
     routes_ops,
@@ -17,6 +18,7 @@ from worker.web import (
 )
 from worker.web.access_log import AccessLogMiddleware
 from worker.web.body_limit import BodyLimitMiddleware
+from worker.web.console import install_console
 from worker.web.docs import install_docs
 from worker.web.errors import install_error_handlers
 from worker.web.idempotency import IdempotencyMiddleware
@@ -59,6 +61,8 @@ def create_web_app(app: App) -> FastAPI:
         routes_unsubscribe.router,
         routes_webhooks.router,
         preference_page_router,
+        routes_activity.router,
     ):
         web.include_router(router)
+    install_console(web)  # the operators' pages at /console (sessions, not API keys)
     return web

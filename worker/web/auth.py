@@ -54,7 +54,7 @@ class Scope(StrEnum):
     ERASE = "erase"
     #: Read any notification's status, any campaign's figures and any patient's preferences.
     READ = "read"
-    #: Reserved for the operators' web console (not yet built); no API route accepts it.
+    #: Sign in to the operators' web console (``/console``, :mod:`worker.web.console`); no API route accepts it.
     CONSOLE = "console"
 
 

@@ -1,0 +1,27 @@
+"""A patient's activity: what support needs to answer "why didn't she get it?" knowing only her ref.
+
+Her notifications (state, reason, channels tried, provider answers, times) and her consent-ledger rows (consent,
+mutes, care pauses: whatever the ledger holds), interleaved newest first and paged by an opaque cursor.
+"""
+
+from worker.activity.cursor import Position, decode_cursor, encode_cursor
+from worker.activity.feed import (
+    ActivityPage,
+    LedgerItem,
+    NotificationItem,
+    ProviderAnswer,
+    page_as_json,
+    patient_activity,
+)
+
+__all__ = [
+    "ActivityPage",
+    "LedgerItem",
+    "NotificationItem",
+    "Position",
+    "ProviderAnswer",
+    "decode_cursor",
+    "encode_cursor",
+    "page_as_json",
+    "patient_activity",
+]
