@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser import browser, live_server, screenshots  # noqa: F401
+from tests.browser import live_server
 from tests.web.console_seed import PATIENT_REF, PHONE, Seeded, providers, seed
 from worker.bootstrap import App
 from worker.dead_letters import list_dead_letters

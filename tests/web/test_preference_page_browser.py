@@ -19,7 +19,7 @@ from axe_playwright_python.sync_playwright import Axe
 from sqlalchemy import select
 
 from integrations.fake import ScriptedProvider
-from tests.browser import browser, live_server, screenshots  # noqa: F401
+from tests.browser import live_server
 from tests.conftest import create_notification, create_patient, fake_providers, load
 from tests.web.conftest import SIGNING_KEY, drain
 from worker.bootstrap import App
