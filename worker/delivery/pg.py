@@ -18,6 +18,7 @@ from functools import cache
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import configure_mappers
 from sqlalchemy.orm.instrumentation import manager_of_class
 from sqlmodel import SQLModel
 
@@ -252,7 +253,9 @@ def _loaded(model: type[M], values: dict[str, Any]) -> M:
 @cache
 def _defaults(model: type[SQLModel]) -> tuple[dict[str, Any], tuple[tuple[str, Callable[[], Any]], ...]]:
     """A model's field defaults (what its constructor fills in for a field not given): plain values, and
-    factories called per instance."""
+    factories called per instance. The first call also finishes setting up the mappers, as a model's constructor
+    or the first query would."""
+    configure_mappers()
     fixed: dict[str, Any] = {}
     factories: list[tuple[str, Callable[[], Any]]] = []
     for name, field in model.model_fields.items():
