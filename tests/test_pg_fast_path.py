@@ -9,8 +9,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import create_engine, select, update
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import StaticPool
 
 from bench.roundtrips import counting_round_trips
 from integrations.base import OutboundMessage, Outcome, SendResult
@@ -20,7 +21,7 @@ from worker.appointments import create_appointment, reschedule_appointment
 from worker.caps import CAPPED_HEALTH_TEXTS, capped
 from worker.categories import Category, Channel
 from worker.consent import record_consent
-from worker.db import session_scope
+from worker.db import run_raw, session_scope
 from worker.delivery import AnswerNotRecorded, deliver, pg
 from worker.delivery.claims import claim
 from worker.delivery.send import NO_LONGER_HELD, _load_facts
@@ -285,3 +286,38 @@ def test_a_database_that_refuses_the_answer_and_settle_parks_the_answer(make_app
     app.clock.advance(seconds=7)
     assert deliver(app.deps, nid).state is State.SENT
     assert len(inapp.sent) == 1, "the recorded acceptance is not sent twice"
+
+
+def test_one_rows_claim_is_planned_once_per_connection_and_a_batch_claims_with_the_same_facts(  # type: ignore[no-untyped-def]
+    make_app, pg_url: str
+) -> None:
+    """Planning the claim-and-read statement costs more than running it: one row's claim has a fixed shape, so
+    PostgreSQL keeps a generic plan for it once psycopg has prepared it (its 6th run on a connection) and it has
+    planned it 5 times more, where the array form of a batch is planned at every run. Both read the same facts."""
+    app = make_app(database_url=pg_url, migrate=False, providers=fake_providers())
+    pid = _rich_patient(app)
+    engine = create_engine(make_url(pg_url), poolclass=StaticPool)  # one connection: its prepared statements
+    try:
+        ids = [create_notification(app, pid, channels=[Channel.INAPP]) for _ in range(18)]
+        singles = [
+            pg.claim_and_read(engine, [nid], now=app.clock.now(), lease=timedelta(seconds=6), holder="one")[0][0]
+            for nid in ids[:16]
+        ]
+        batch, _ = pg.claim_and_read(engine, ids[16:], now=app.clock.now(), lease=timedelta(seconds=6), holder="b")
+        plans = run_raw(
+            engine,
+            "SELECT statement LIKE %(batch)s AS batch, generic_plans, custom_plans FROM pg_prepared_statements "
+            "WHERE statement LIKE %(claim)s",
+            {"batch": "%ANY(%", "claim": "%WITH observed AS%"},
+        )
+    finally:
+        engine.dispose()
+    one = [p for p in plans if not p["batch"]]
+    assert len(one) == 1 and one[0]["generic_plans"] == 16 - 5 - 5 and one[0]["custom_plans"] == 5, plans
+    for got in batch:
+        assert got.devices and got.preferences and got.consent, "a batch's rows carry every fact too"
+        alone = singles[0]
+        assert [d.model_dump() for d in got.devices] == [d.model_dump() for d in alone.devices]
+        assert got.consent == alone.consent
+        assert got.patient is not None and alone.patient is not None
+        assert got.patient.model_dump() == alone.patient.model_dump()
