@@ -73,7 +73,7 @@ def backends_of(database: str) -> Callable[[cpu.Proc], bool]:
 def sink_process() -> Iterator[str]:
     """A sink in its own process (its CPU is not this thread's); yields its URL."""
     code = (
-        "import sys, time\n"
+        "import sys\n"
         "from bench.sink import Sink\n"
         "with Sink() as s:\n"
         "    print(s.url, flush=True)\n"
