@@ -141,13 +141,16 @@ def deliver(deps: DeliveryDeps, notification_id: int) -> Report:
             return Report(notification_id, None, NOT_CLAIMABLE)
         row, facts = claimed, None
     leases.hold([notification_id])
+    # On PostgreSQL the last answer rides on the settle: one statement, one round trip and one commit less.
+    answers = Answers(deps, with_settle=_on_postgresql(deps))
     try:
         if facts is None:
             facts = _load_facts(deps, [row])[id_of(row)]
-        return _deliver_claimed(deps, row, facts, partial(_settle, deps))
+        return _deliver_claimed(deps, row, facts, partial(_settle, deps, answers=answers), answers)
     except AnswerNotRecorded:
         raise
     except Exception as exc:
+        answers.write_held()  # what a provider took is written down before the row is handed back
         _release_after_error(deps, notification_id, exc)
         raise
     finally:
@@ -260,14 +263,18 @@ def _load_facts(deps: DeliveryDeps, rows: Sequence[Notification]) -> dict[int, _
     }
 
 
-def _deliver_claimed(deps: DeliveryDeps, row: Notification, facts: _Facts, settle: Settle) -> Report:
+def _deliver_claimed(
+    deps: DeliveryDeps, row: Notification, facts: _Facts, settle: Settle, answers: Answers | None = None
+) -> Report:
+    """Decide, send and settle a claimed row; ``answers`` writes its provider answers (by default each at once)."""
     decided = _decide_claimed(deps, row, facts, settle)
     if isinstance(decided, Report):
         return decided
     assert facts.patient is not None
+    answers = answers if answers is not None else Answers(deps)
     outcomes: list[_ChannelResult] = []
     for channel in decided.channels:
-        result = _send_channel(deps, row, facts.patient, facts.devices, channel, facts.accepted_before)
+        result = _send_channel(deps, row, facts.patient, facts.devices, channel, facts.accepted_before, answers)
         outcomes.append(result)
         if decided.fallback and (result.reached() or result.waiting()):
             break
@@ -321,11 +328,12 @@ def _send_channel(
     devices: Sequence[Device],
     channel: Channel,
     accepted_before: set[str],
+    answers: Answers,
 ) -> _ChannelResult:
     out, planned = _plan_channel(deps, row, patient, devices, channel, accepted_before)
     providers = deps.providers.get(channel) or ()
     for target, message in planned:
-        out.add(*_send_with_failover(deps, row, channel, providers, target, message))
+        out.add(*_send_with_failover(deps, row, channel, providers, target, message, answers))
     return out
 
 
@@ -401,6 +409,7 @@ def _send_with_failover(
     providers: Sequence[Provider],
     target: _Target,
     message: OutboundMessage,
+    answers: Answers,
 ) -> tuple[str, SendResult]:
     """Try the channel's providers in order; move to the next on a transient failure or an open circuit."""
     candidates = [p for p in providers if _supports(p, target.platform)]
@@ -415,16 +424,17 @@ def _send_with_failover(
             grant = deps.rate_limits.reserve(provider.name, 1) if deps.rate_limits is not None else None
             if grant is not None and grant.granted < 1:
                 result = SendResult(outcome=Outcome.RETRY, error_code=RATE_LIMITED, retry_after=max(grant.wait, 0.05))
-                _record_attempt(deps, Answer(row, channel, provider.name, target, result, started, 0))
+                answers.add(Answer(row, channel, provider.name, target, result, started, 0))
                 last = (provider.name, result)
                 continue
+            answers.write_held()  # every answer known so far is written before the next call goes out
             t0 = time.perf_counter()
             result = provider.send(message=message)
             elapsed_ms = int((time.perf_counter() - t0) * 1000)
             if breakers is not None:
                 _judge(breakers, provider.name, result)
                 settled = True
-            _record_attempt(deps, Answer(row, channel, provider.name, target, result, started, elapsed_ms))
+            answers.add(Answer(row, channel, provider.name, target, result, started, elapsed_ms))
             last = (provider.name, result)
             if result.outcome in (Outcome.RETRY, Outcome.CONFIG_ERROR):
                 continue
@@ -446,7 +456,7 @@ def _send_with_failover(
         detail=f"every {channel} provider is paused",
         retry_after=max(wait, MIN_PAUSE),
     )
-    _record_attempt(deps, Answer(row, channel, "-", target, paused, deps.clock.now(), 0))
+    answers.add(Answer(row, channel, "-", target, paused, deps.clock.now(), 0))
     return "-", paused
 
 
@@ -478,6 +488,10 @@ def _record_attempt(deps: DeliveryDeps, answer: Answer) -> None:
     """
     write = partial(_write_attempt, deps, answer)
     _durably(deps, [id_of(answer.row)], write, lambda _: write)
+    _log_attempt(answer)
+
+
+def _log_attempt(answer: Answer) -> None:
     log.info(
         "delivery.attempt",
         notification_id=answer.row.id,
@@ -531,6 +545,40 @@ def record_answers(deps: DeliveryDeps, answers: Sequence[Answer]) -> None:
     _durably(deps, sorted({a.row.id or 0 for a in plain}), write_plain(plain), one)
     for answer in telling:
         _record_attempt(deps, answer)
+
+
+#: Answers that tell something besides the call's outcome (an opt-out, a dead token): written on their own.
+_TELLING = frozenset({Outcome.OPTED_OUT, Outcome.TOKEN_DEAD})
+
+
+class Answers:
+    """Writes one delivery's provider answers down, each before the next provider call goes out, so a crash loses
+    at most the send in flight. With ``with_settle`` (PostgreSQL, one notification) the last answer is held for the
+    settle, which writes it in the same statement (:data:`worker.delivery.pg.RECORD_AND_SETTLE_ONE`): it is known
+    either way before the row is settled, and costs no round trip of its own. One delivery, one thread."""
+
+    def __init__(self, deps: DeliveryDeps, *, with_settle: bool = False) -> None:
+        self._deps = deps
+        self._with_settle = with_settle
+        self._held: Answer | None = None
+
+    def add(self, answer: Answer) -> None:
+        self.write_held()
+        if self._with_settle and answer.result.outcome not in _TELLING:
+            self._held = answer
+            return
+        _record_attempt(self._deps, answer)
+
+    def write_held(self) -> None:
+        """Write the held answer now (a provider call is about to go out, or the delivery ends without a settle)."""
+        held, self._held = self._held, None
+        if held is not None:
+            _record_attempt(self._deps, held)
+
+    def take(self) -> Answer | None:
+        """The held answer, for the settle to write."""
+        held, self._held = self._held, None
+        return held
 
 
 @dataclass(frozen=True)
@@ -686,18 +734,29 @@ def _settle(
     retry_in: float | None = None,
     uncount: bool = False,
     throttled: bool = False,
+    answers: Answers | None = None,
 ) -> Report:
     settlement = _Settlement(notification_id, state, reason, not_before, retry_in, uncount, throttled)
-    if not _write_settlements(deps, [settlement]):
+    answer = answers.take() if answers is not None else None
+    if not _write_settlements(deps, [settlement], answer=answer):
         log.warning("notification.claim_lost", notification_id=notification_id)
         return Report(notification_id, None, NO_LONGER_HELD)
     return settlement.report()
 
 
-def _write_settlements(deps: DeliveryDeps, settlements: Sequence[_Settlement]) -> set[int]:
+def _write_settlements(
+    deps: DeliveryDeps, settlements: Sequence[_Settlement], *, answer: Answer | None = None
+) -> set[int]:
     """Settle rows this worker still holds, in one statement on PostgreSQL or one transaction elsewhere; returns
-    the ids settled. A row it no longer holds is left alone (see :func:`_apply`)."""
+    the ids settled. A row it no longer holds is left alone (see :func:`_apply`).
+
+    ``answer`` (one settlement's last provider answer) is written by the same statement on PostgreSQL. If the
+    database will not take it, the answer is parked like any other (:func:`_durably`) and
+    :class:`AnswerNotRecorded` stops the row, which stays held: never sent twice."""
     holder = deps.leases.holder
+    if answer is not None and not _on_postgresql(deps):
+        _record_attempt(deps, answer)
+        answer = None
 
     def write() -> set[int]:
         now = deps.clock.now()
@@ -707,6 +766,7 @@ def _write_settlements(deps: DeliveryDeps, settlements: Sequence[_Settlement]) -
                 [pg.Settlement(s.notification_id, s.state, s.reason, s.not_before, s.uncount) for s in settlements],
                 now=now,
                 holder=holder,
+                answer=answer.values() if answer is not None else None,
             )
         done: set[int] = set()
         with session_scope(deps.engine) as session:
@@ -718,7 +778,18 @@ def _write_settlements(deps: DeliveryDeps, settlements: Sequence[_Settlement]) -
                     done.add(settlement.notification_id)
         return done
 
-    done = retry_transient(write, seconds=deps.settings.record_retry_seconds)
+    try:
+        done = retry_transient(write, seconds=deps.settings.record_retry_seconds)
+    except Exception as exc:
+        if answer is None:
+            raise
+        if is_transient(exc):  # retried long enough: park the answer; the row stays held until it is written
+            deps.leases.park(id_of(answer.row), partial(_write_attempt, deps, answer))
+            raise AnswerNotRecorded("a provider answer parked until the database is back") from exc
+        _record_attempt(deps, answer)  # the settle failed for another reason: the answer still goes down first
+        raise
+    if answer is not None:
+        _log_attempt(answer)
     for settlement in settlements:
         if settlement.notification_id in done:
             log.info("notification.settled", notification_id=settlement.notification_id, state=str(settlement.state))
