@@ -181,7 +181,12 @@ def paused_now(patient_id: Any, now: datetime) -> ColumnElement[bool]:
     """SQL: the patient ``patient_id`` refers to has a pause in force at ``now`` (campaign fan-out)."""
     table = CarePauseEvent.__table__.alias("pz")  # type: ignore[attr-defined]
     earlier = CarePauseEvent.__table__.alias("pz_all")  # type: ignore[attr-defined]
-    newest = select(func.max(earlier.c.id)).where(earlier.c.patient_id == patient_id).scalar_subquery()
+    newest = (
+        select(func.max(earlier.c.id))
+        .where(earlier.c.patient_id == patient_id)
+        .correlate_except(earlier)
+        .scalar_subquery()
+    )
     return exists().where(
         table.c.patient_id == patient_id,
         table.c.id == newest,
