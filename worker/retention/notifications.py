@@ -47,35 +47,28 @@ def purge_step(engine: Engine, cutoff: datetime, *, after: int, batch_size: int)
     with engine.begin() as conn:
         short_plans(conn)
         rows = conn.execute(
-            select(
-                col(Notification.id),
-                col(Notification.state),
-                col(Notification.finished_at),
-                col(Notification.created_at),
-            )
+            select(col(Notification.id), col(Notification.created_at))
             .where(col(Notification.id) > after)
             .order_by(col(Notification.id))
             .limit(batch_size)
         ).all()
         if not rows:
             return Step(deleted, after, True, 0)
-        finished = len(rows) < batch_size or any(created >= cutoff for _, _, _, created in rows)
-        candidates = [
-            nid
-            for nid, state, done, _ in rows
-            if nid is not None and state in TERMINAL_STATES and done is not None and done < cutoff
-        ]
-        if candidates:
-            ids = _lock(conn, candidates, cutoff)
-            if ids:
-                forget_notifications(conn, ids)
-                deleted.update(_delete(conn, ids))
-    return Step(deleted, int(rows[-1][0] or after), finished, len(rows))
+        last = int(rows[-1][0] or after)
+        finished = len(rows) < batch_size or any(created >= cutoff for _, created in rows)
+        ids = _lock(conn, after, last, cutoff)
+        if ids:
+            forget_notifications(conn, ids)
+            deleted.update(_delete(conn, ids))
+    return Step(deleted, last, finished, len(rows))
 
 
-def _lock(conn: Connection, candidates: list[int], cutoff: datetime) -> list[int]:
-    """The candidates still terminal and old, locked for this transaction; a row someone holds is skipped."""
-    query = select(col(Notification.id)).where(col(Notification.id).in_(candidates), *_old_and_settled(cutoff))
+def _lock(conn: Connection, after: int, last: int, cutoff: datetime) -> list[int]:
+    """The batch's rows that are terminal and old, locked for this transaction (a primary-key range, state and age
+    checked under the lock); a row someone holds is skipped, and nobody ever waits for this one."""
+    query = select(col(Notification.id)).where(
+        col(Notification.id) > after, col(Notification.id) <= last, *_old_and_settled(cutoff)
+    )
     if conn.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
     return [int(i) for i in conn.execute(query).scalars() if i is not None]
