@@ -15,12 +15,13 @@ from sqlmodel import col
 from integrations.fake import ScriptedProvider
 from tests.conftest import create_notification, create_patient, fake_providers, load, tick
 from worker.bootstrap import App
-from worker.campaigns import create_campaign, fan_out, launch_campaign
+from worker.campaigns import campaign_stats, create_campaign, fan_out, launch_campaign
 from worker.care_pause import Pause, current_pause, describe, hold, lift_pause, parse_until, set_pause
 from worker.care_pause.rules import TREATMENT
 from worker.categories import Category, Channel
 from worker.db import session_scope
 from worker.delivery import deliver, pg
+from worker.delivery.batch import deliver_many
 from worker.delivery.send import _load_facts
 from worker.errors import InvalidInput
 from worker.logs import configure_logging
@@ -188,6 +189,31 @@ def test_campaign_fan_out_leaves_a_paused_patient_out(app: App) -> None:
             session.scalars(select(col(Notification.patient_id)).where(col(Notification.campaign_id) == campaign))
         )
     assert recipients == {lifted, ended, other}
+
+
+def test_campaign_rows_fanned_out_before_the_pause_are_suppressed_in_their_batch(app: App) -> None:
+    paused, other = create_patient(app, ref="paused"), create_patient(app, ref="other")
+    campaign = create_campaign(
+        app.engine, app.clock, name="Spring", template="class_invite", channels=["push"], created_by="marketing"
+    )
+    launch_campaign(app.engine, app.clock, app.settings.campaigns, campaign)
+    queued: list[int] = []
+    fan_out(app.engine, app.clock, queued.extend, campaign, chunk_size=100)
+    assert len(queued) == 2
+    _pause(app, paused, reason=PauseReason.PREGNANCY_LOSS)
+    reports = {r.notification_id: r.state for r in deliver_many(app.deps, queued)}
+    with session_scope(app.engine) as session:
+        by_patient = {
+            pid: nid
+            for nid, pid in session.execute(
+                select(col(Notification.id), col(Notification.patient_id)).where(
+                    col(Notification.campaign_id) == campaign
+                )
+            )
+        }
+    assert reports[by_patient[paused]] is State.SUPPRESSED and reports[by_patient[other]] is State.SENT
+    top = campaign_stats(app.engine, campaign).top_reasons
+    assert top == {"care pause (care team) until 2026-03-20 America/New_York": 1}, "what marketing sees"
 
 
 def test_every_pause_and_lift_is_in_the_ledger_with_who_and_when(app: App) -> None:
