@@ -102,6 +102,8 @@ class Run:
     latencies: list[float] = field(default_factory=list)
     sent: int = 0
     lock_waits: Counter[str] = field(default_factory=Counter)
+    #: Samples in which a delivery connection waited on a lock the purge's process held.
+    blocked_by_purge: int = 0
     samples: int = 0
 
     def line(self, label: str) -> str:
@@ -111,6 +113,7 @@ class Run:
             f"p99 {percentile(ms, 0.99):.2f} ms, max {ms[-1]:.2f} ms, mean {statistics.fmean(ms):.2f} ms; "
             f"delivery connections waiting on a lock: {sum(self.lock_waits.values())} of {self.samples} samples"
             + (f" {dict(self.lock_waits)}" if self.lock_waits else "")
+            + f", on one the purge held: {self.blocked_by_purge}"
         )
 
 
@@ -141,7 +144,8 @@ def deliveries(app: App, patients: list[int], stop: threading.Event, run: Run, t
 
 
 def watch_locks(engine: Engine, stop: threading.Event, run: Run) -> threading.Thread:
-    """Sample the delivery connections (application_name 'bench-delivery') waiting on a lock."""
+    """Sample the delivery connections (application_name 'bench-delivery') waiting on a lock, and who holds it
+    (the purge's connections are 'bench-purge')."""
 
     def loop() -> None:
         with engine.connect() as conn:
@@ -149,12 +153,15 @@ def watch_locks(engine: Engine, stop: threading.Event, run: Run) -> threading.Th
             while not stop.is_set():
                 rows = conn.execute(
                     text(
-                        "SELECT wait_event FROM pg_stat_activity WHERE application_name = 'bench-delivery' "
-                        "AND wait_event_type = 'Lock'"
+                        "SELECT a.wait_event, EXISTS (SELECT 1 FROM pg_stat_activity b "
+                        "  WHERE b.pid = ANY(pg_blocking_pids(a.pid)) AND b.application_name = 'bench-purge') "
+                        "FROM pg_stat_activity a WHERE a.application_name = 'bench-delivery' "
+                        "AND a.wait_event_type = 'Lock'"
                     )
-                ).scalars()
+                ).all()
                 run.samples += 1
-                run.lock_waits.update(str(r) for r in rows)
+                run.lock_waits.update(str(r[0]) for r in rows)
+                run.blocked_by_purge += any(r[1] for r in rows)
                 time.sleep(0.02)
 
     thread = threading.Thread(target=loop, daemon=True)
@@ -168,7 +175,11 @@ def providers() -> dict[Channel, list[Provider]]:
 
 def purge_process(url: str, batch_size: int) -> Counter[str]:
     """``carenotify db purge`` in its own process (as the scheduler's job runs in its own)."""
-    env = {**os.environ, "CARENOTIFY_DATABASE_URL": url, "CARENOTIFY_RETENTION__BATCH_SIZE": str(batch_size)}
+    env = {
+        **os.environ,
+        "CARENOTIFY_DATABASE_URL": url + ("&" if "?" in url else "?") + "application_name=bench-purge",
+        "CARENOTIFY_RETENTION__BATCH_SIZE": str(batch_size),
+    }
     done = subprocess.run(
         [sys.executable, "-m", "worker.cli", "db", "purge"], env=env, capture_output=True, text=True, check=True
     )
