@@ -167,6 +167,21 @@ ROUTES: list[tuple[str, str, str, dict[str, object] | None, frozenset[Scope]]] =
     ("POST", "/v1/campaigns/{campaign_id}/launch", "/v1/campaigns/1/launch", {}, frozenset({Scope.CAMPAIGNS})),
     ("POST", "/v1/campaigns/{campaign_id}/cancel", "/v1/campaigns/1/cancel", None, frozenset({Scope.CAMPAIGNS})),
     ("GET", "/v1/campaigns/{campaign_id}", "/v1/campaigns/1", None, frozenset({Scope.CAMPAIGNS, Scope.READ})),
+    (
+        "POST",
+        "/v1/patients/{external_ref}/pause",
+        "/v1/patients/pt-1/pause",
+        {"reason": "patient_request", "until": None},
+        frozenset({Scope.PREFERENCES}),
+    ),
+    ("DELETE", "/v1/patients/{external_ref}/pause", "/v1/patients/pt-1/pause", None, frozenset({Scope.PREFERENCES})),
+    (
+        "GET",
+        "/v1/patients/{external_ref}/pause",
+        "/v1/patients/pt-1/pause",
+        None,
+        frozenset({Scope.PREFERENCES, Scope.READ}),
+    ),
 ]
 
 
