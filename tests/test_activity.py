@@ -16,11 +16,12 @@ from tests.conftest import create_notification, create_patient, fake_providers
 from tests.test_cli import _run
 from worker.activity import decode_cursor, encode_cursor, page_as_json, patient_activity
 from worker.activity.cursor import Position
-from worker.activity.feed import LedgerItem, NotificationItem, ledger_kind
+from worker.activity.feed import LedgerItem, NotificationItem, PauseItem, ledger_kind
+from worker.care_pause import lift_pause, set_pause
 from worker.categories import Category, Channel
 from worker.delivery import deliver
 from worker.errors import InvalidInput
-from worker.models_consent import ConsentSource
+from worker.models_consent import ConsentSource, PauseReason
 from worker.preferences import PreferenceChange, set_preferences
 from worker.web.app import create_web_app
 from worker.web.auth import create_api_key
@@ -48,6 +49,17 @@ def _seed(app: Any) -> tuple[int, list[tuple[str, int]]]:
         source=ConsentSource.APP,
         actor="api:care-platform",
     )
+    # A care pause at that same instant (its own table and ids: it ranks first at equal times).
+    set_pause(
+        app.engine,
+        app.clock,
+        patient_id=patient,
+        reason=PauseReason.NICU_STAY,
+        until=None,
+        hold_appointment_reminders=False,
+        source=ConsentSource.API,
+        actor="api:care-platform",
+    )
     app.clock.advance(minutes=5)
     set_preferences(
         app.engine,
@@ -57,11 +69,22 @@ def _seed(app: Any) -> tuple[int, list[tuple[str, int]]]:
         source=ConsentSource.UNSUBSCRIBE_LINK,
         actor="patient",
     )
+    app.clock.advance(minutes=5)
+    lift_pause(app.engine, app.clock, patient_id=patient, source=ConsentSource.API, actor="api:care-platform")
     page = patient_activity(app.engine, patient, limit=100)
     ledger = [item.id for item in page.items if isinstance(item, LedgerItem)]
     assert len(ledger) == 2
     marketing, survey = ledger
-    expected = [("ledger", marketing), ("notification", b), ("notification", a), ("ledger", survey), *expected]
+    lifted, paused = [item.id for item in page.items if isinstance(item, PauseItem)]
+    expected = [
+        ("care_pause", lifted),
+        ("ledger", marketing),
+        ("care_pause", paused),
+        ("notification", b),
+        ("notification", a),
+        ("ledger", survey),
+        *expected,
+    ]
     return patient, expected
 
 
@@ -70,11 +93,15 @@ def _walk(app: Any, patient: int, limit: int) -> list[tuple[str, int]]:
     cursor = None
     for _ in range(50):
         page = patient_activity(app.engine, patient, cursor=cursor, limit=limit)
-        seen += [("ledger" if isinstance(i, LedgerItem) else "notification", i.id) for i in page.items]
+        seen += [(_type(i), i.id) for i in page.items]
         cursor = page.next_cursor
         if cursor is None:
             return seen
     raise AssertionError("the cursor never ended")
+
+
+def _type(item: Any) -> str:
+    return "ledger" if isinstance(item, LedgerItem) else "care_pause" if isinstance(item, PauseItem) else "notification"
 
 
 def _providers() -> Any:
@@ -95,6 +122,10 @@ def _check_feed(app: Any) -> None:
     assert first.state == "sent" and first.reason
     kinds = [item.kind for item in page.items if isinstance(item, LedgerItem)]
     assert kinds == ["consent", "preference"]
+    pauses = [(p.paused, p.reason_code) for p in page.items if isinstance(p, PauseItem)]
+    assert pauses == [(False, None), (True, "nicu_stay")]
+    body = page_as_json(page)
+    assert [i["type"] for i in body["items"]].count("care_pause") == 2
 
 
 def test_feed_on_sqlite(make_app) -> None:  # type: ignore[no-untyped-def]

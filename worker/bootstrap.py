@@ -34,6 +34,7 @@ from worker.metrics.rollup import MetricsRollup
 from worker.outbox import Relay, Submitted, submit
 from worker.outbox.stamps import EnqueueStamps
 from worker.preference_page.links import make_url as make_preference_url
+from worker.retention import Retention
 from worker.settings import Settings, load_settings
 from worker.unsubscribe import make_unsubscribe_url
 
@@ -177,6 +178,8 @@ class App:
     #: Marks submitted rows as queued in the background (one statement per trigger on the request path).
     stamps: EnqueueStamps
     metrics_job: MetricsRollup
+    #: The scheduler's ``retention`` job (what is past its retention, in small batches).
+    retention_job: Retention
     clients: HttpClients | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -276,4 +279,5 @@ def build_app(
         relay_job=relay_job,
         stamps=EnqueueStamps(engine, clock),
         metrics_job=MetricsRollup(engine, clock, settings.metrics),
+        retention_job=Retention(engine, clock, settings),
     )

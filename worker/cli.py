@@ -14,6 +14,7 @@ from worker.categories import Category
 from worker.errors import CarenotifyError, NotFound
 from worker.logs import configure_logging
 from worker.migrate import upgrade
+from worker.patient_cli import add_patient_commands
 from worker.settings import Settings, load_settings
 
 
@@ -126,6 +127,26 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         app.close()
     print("database schema is up to date")
+    return 0
+
+
+def cmd_db_purge(settings: Settings, args: argparse.Namespace) -> int:
+    """Delete what is past its retention now (``--dry-run``: only count it), per table."""
+    app = _app(settings)
+    try:
+        counts = app.retention_job.due() if args.dry_run else dict(app.retention_job.purge_all())
+    finally:
+        app.close()
+    from worker.retention import TABLES
+
+    print(
+        json.dumps(
+            {
+                "dry_run": args.dry_run,
+                "deleted" if not args.dry_run else "would_delete": {table: counts.get(table, 0) for table in TABLES},
+            }
+        )
+    )
     return 0
 
 
@@ -295,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database schema")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("upgrade", help="apply all migrations").set_defaults(func=cmd_db)
+    purge = db_sub.add_parser("purge", help="delete what is past its retention ([retention] settings), per table")
+    purge.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
+    purge.set_defaults(func=cmd_db_purge)
 
     send = sub.add_parser("send", help="notify a patient (default: a care-team message notice)")
     send.add_argument("--patient-ref", required=True, help="the platform's patient reference")
@@ -307,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
 
     add_api_key_commands(sub)  # create --scopes, add-key, rotate, revoke [--key-id], set-scopes, list
+    add_patient_commands(sub)  # patient pause REF --reason ... (--until ... | --indefinite), patient unpause REF
 
     dead = sub.add_parser("dead-letters", help="messages the broker gave up on")
     dead_sub = dead.add_subparsers(dest="dead_letters_command", required=True)

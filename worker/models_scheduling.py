@@ -45,3 +45,6 @@ class SurveyAssignment(SQLModel, table=True):
     interval_days: int = Field(default=3)
     completed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = Field(sa_type=UTCDateTime)
+    #: What its notices do while the patient's care is paused: ``defer`` (wait for the pause to end, then be
+    #: checked again) or ``cancel``.
+    on_care_pause: str = Field(default="defer", sa_type=String(8))

@@ -193,10 +193,31 @@ class WebSettings(BaseModel):
     idempotency_in_progress_seconds: float = Field(60.0, gt=0)
     #: How long a provider callback's receipt is kept to recognise the provider's retries (SendGrid: 24 h).
     webhook_receipt_hours: float = Field(168.0, gt=0)
-    #: The scheduler's ``web_retention`` job: how often, rows per delete, and at most per tick.
-    retention_interval_seconds: float = Field(60.0, gt=0)
-    retention_batch_size: int = Field(500, ge=1, le=10_000)
-    retention_max_per_tick: int = Field(50_000, ge=1)
+
+
+class CarePauseSettings(BaseModel):
+    """The care pause (worker/care_pause): what a survey's notices do while a patient is paused, unless the
+    survey assignment says (``on_care_pause``)."""
+
+    model_config = {"extra": "forbid"}
+
+    survey_default: Literal["defer", "cancel"] = "defer"
+
+
+class RetentionSettings(BaseModel):
+    """The scheduler's ``retention`` job (worker/retention): what is deleted when, in small batches."""
+
+    model_config = {"extra": "forbid"}
+
+    #: Terminal notifications (with their events and provider calls) are deleted this long after they settled.
+    days: int = Field(400, ge=1)
+    #: Consent-ledger entries (consent and care pauses) are kept this long after they stopped being in force
+    #: (the TCPA's 4-year look-back, with margin); a patient's current consent and pause are always kept.
+    consent_years: int = Field(5, ge=1)
+    #: How often the job runs, rows per delete transaction, and rows examined per table per tick.
+    interval_seconds: float = Field(30.0, gt=0)
+    batch_size: int = Field(500, ge=1, le=10_000)
+    max_per_tick: int = Field(50_000, ge=1)
 
 
 class PreferencePageSettings(BaseModel):
@@ -290,6 +311,8 @@ class Settings(BaseSettings):
     patients: PatientSettings = Field(default_factory=PatientSettings)
     preference_page: PreferencePageSettings = Field(default_factory=PreferencePageSettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
+    care_pause: CarePauseSettings = Field(default_factory=CarePauseSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     # Secrets: environment only (see SECRET_FIELDS).
     fcm_service_account_json: SecretStr | None = None

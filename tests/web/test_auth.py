@@ -174,6 +174,21 @@ ROUTES: list[tuple[str, str, str, dict[str, object] | None, frozenset[Scope]]] =
         None,
         frozenset({Scope.READ}),
     ),
+    (
+        "POST",
+        "/v1/patients/{external_ref}/pause",
+        "/v1/patients/pt-1/pause",
+        {"reason": "patient_request", "until": None},
+        frozenset({Scope.PREFERENCES}),
+    ),
+    ("DELETE", "/v1/patients/{external_ref}/pause", "/v1/patients/pt-1/pause", None, frozenset({Scope.PREFERENCES})),
+    (
+        "GET",
+        "/v1/patients/{external_ref}/pause",
+        "/v1/patients/pt-1/pause",
+        None,
+        frozenset({Scope.PREFERENCES, Scope.READ}),
+    ),
 ]
 
 

@@ -190,6 +190,29 @@ def test_patient_search_timeline_and_masking(console: Console) -> None:
     assert bad.status_code == 422
 
 
+def test_timeline_shows_her_care_pauses(console: Console) -> None:
+    from worker.care_pause import lift_pause, set_pause
+    from worker.models_consent import ConsentSource, PauseReason
+
+    app, patient = console.app, console.seeded.patient_id
+    set_pause(
+        app.engine,
+        app.clock,
+        patient_id=patient,
+        reason=PauseReason.NICU_STAY,
+        until=None,
+        hold_appointment_reminders=True,
+        source=ConsentSource.API,
+        actor="api:care-platform",
+    )
+    app.clock.advance(minutes=1)
+    lift_pause(app.engine, app.clock, patient_id=patient, source=ConsentSource.OPERATOR, actor="operator:dana")
+    console.sign_in()
+    page = console.client.get(f"/console/patients/{PATIENT_REF}").text
+    assert page.index("Pause lifted") < page.index("Paused (nicu_stay)")  # newest first
+    assert "until lifted" in page and "appointment reminders held too" in page and "operator:dana" in page
+
+
 def test_patient_timeline_pages(console: Console) -> None:
     from tests.conftest import create_notification
 

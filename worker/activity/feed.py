@@ -12,14 +12,22 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import col
 
-from worker.activity.cursor import LEDGER_RANK, NOTIFICATION_RANK, Position, decode_cursor, encode_cursor
+from worker.activity.cursor import (
+    LEDGER_RANK,
+    NOTIFICATION_RANK,
+    PAUSE_RANK,
+    Position,
+    decode_cursor,
+    encode_cursor,
+    older_than,
+)
 from worker.categories import RULES, Category
 from worker.models import DeliveryAttempt, Notification
-from worker.models_consent import ConsentEvent
+from worker.models_consent import CarePauseEvent, ConsentEvent
 
 #: Largest page a caller may ask for.
 MAX_LIMIT = 100
@@ -78,7 +86,27 @@ class LedgerItem:
         return Position(self.at, LEDGER_RANK, self.id)
 
 
-Item = NotificationItem | LedgerItem
+@dataclass(frozen=True)
+class PauseItem:
+    """A care pause set or changed (``paused``), or lifted: the reason code, until when, whether appointment
+    reminders are held too, who and how. Operators only: the code is never in a patient's text or a log."""
+
+    id: int
+    at: datetime
+    paused: bool
+    reason_code: str | None
+    until: datetime | None
+    hold_appointment_reminders: bool
+    source: str
+    actor: str
+    kind: str = "care_pause"
+
+    @property
+    def position(self) -> Position:
+        return Position(self.at, PAUSE_RANK, self.id)
+
+
+Item = NotificationItem | LedgerItem | PauseItem
 
 
 @dataclass(frozen=True)
@@ -105,8 +133,9 @@ def patient_activity(engine: Engine, patient_id: int, *, cursor: str | None = No
     with engine.connect() as conn:
         notifications = _notifications(conn, patient_id, after, limit + 1)
         ledger = _ledger(conn, patient_id, after, limit + 1)
+        pauses = _pauses(conn, patient_id, after, limit + 1)
         conn.rollback()  # read only
-    merged: list[Item] = sorted([*notifications, *ledger], key=lambda item: item.position, reverse=True)
+    merged: list[Item] = sorted([*notifications, *ledger, *pauses], key=lambda item: item.position, reverse=True)
     page = merged[:limit]
     more = len(merged) > limit
     return ActivityPage(items=page, next_cursor=encode_cursor(page[-1].position) if more and page else None)
@@ -128,10 +157,7 @@ def _notifications(conn: Connection, patient_id: int, after: Position | None, n:
         col(Notification.campaign_id),
     ).where(col(Notification.patient_id) == patient_id)
     if after is not None:
-        if after.rank == NOTIFICATION_RANK:
-            query = query.where(tuple_(col(Notification.created_at), col(Notification.id)) < tuple_(after.at, after.id))
-        else:  # a ledger row at that instant sorts after every notification of the same instant
-            query = query.where(col(Notification.created_at) < after.at)
+        query = query.where(older_than(col(Notification.created_at), col(Notification.id), NOTIFICATION_RANK, after))
     page = query.order_by(col(Notification.created_at).desc(), col(Notification.id).desc()).limit(n).subquery("page")
     attempt = DeliveryAttempt.__table__.alias("attempt")  # type: ignore[attr-defined]
     rows = conn.execute(
@@ -193,10 +219,7 @@ def _ledger(conn: Connection, patient_id: int, after: Position | None, n: int) -
         col(ConsentEvent.detail),
     ).where(col(ConsentEvent.patient_id) == patient_id)
     if after is not None:
-        if after.rank == LEDGER_RANK:
-            query = query.where(tuple_(col(ConsentEvent.at), col(ConsentEvent.id)) < tuple_(after.at, after.id))
-        else:  # every ledger row of the cursor's instant sorts after the notification it names
-            query = query.where(col(ConsentEvent.at) <= after.at)
+        query = query.where(older_than(col(ConsentEvent.at), col(ConsentEvent.id), LEDGER_RANK, after))
     rows = conn.execute(query.order_by(col(ConsentEvent.at).desc(), col(ConsentEvent.id).desc()).limit(n)).all()
     return [
         LedgerItem(
@@ -209,6 +232,37 @@ def _ledger(conn: Connection, patient_id: int, after: Position | None, n: int) -
             source=str(row.source),
             actor=row.actor,
             detail=row.detail,
+        )
+        for row in rows
+    ]
+
+
+def _pauses(conn: Connection, patient_id: int, after: Position | None, n: int) -> list[PauseItem]:
+    """Her care pauses and lifts (``care_pause_event``, part of the consent ledger); a patient has few."""
+    event = CarePauseEvent
+    query = select(
+        col(event.id),
+        col(event.at),
+        col(event.paused),
+        col(event.reason_code),
+        col(event.until),
+        col(event.hold_appointment_reminders),
+        col(event.source),
+        col(event.actor),
+    ).where(col(event.patient_id) == patient_id)
+    if after is not None:
+        query = query.where(older_than(col(event.at), col(event.id), PAUSE_RANK, after))
+    rows = conn.execute(query.order_by(col(event.at).desc(), col(event.id).desc()).limit(n)).all()
+    return [
+        PauseItem(
+            id=int(row.id),
+            at=row.at,
+            paused=bool(row.paused),
+            reason_code=str(row.reason_code) if row.reason_code else None,
+            until=row.until,
+            hold_appointment_reminders=bool(row.hold_appointment_reminders),
+            source=str(row.source),
+            actor=row.actor,
         )
         for row in rows
     ]
@@ -232,6 +286,9 @@ def page_as_json(page: ActivityPage) -> dict[str, Any]:
         if isinstance(item, NotificationItem):
             data.pop("kind")
             items.append({"type": "notification", **data})
+        elif isinstance(item, PauseItem):
+            data.pop("kind")
+            items.append({"type": "care_pause", **data})
         else:
             items.append({"type": "ledger", **data})
     return {"items": items, "next_cursor": page.next_cursor}

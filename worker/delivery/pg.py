@@ -22,7 +22,7 @@ from sqlalchemy.orm import configure_mappers
 from sqlalchemy.orm.instrumentation import manager_of_class
 from sqlmodel import SQLModel
 
-from worker import appointments, campaigns, surveys
+from worker import appointments, campaigns, care_pause, surveys
 from worker.caps import CAPPED_HEALTH_TEXTS, Counts, counts_from
 from worker.categories import Category
 from worker.consent import consent_from
@@ -85,7 +85,9 @@ SELECT o.id AS observed_id, o.state AS observed_state, o.not_before AS observed_
        END AS capped_sends,
        ap.status AS appointment_status, ap.version AS appointment_version, ap.starts_at AS appointment_starts_at,
        sv.id IS NOT NULL AS survey_found, sv.completed_at AS survey_completed_at,
-       cp.state AS campaign_state
+       cp.state AS campaign_state, sv.on_care_pause AS survey_on_care_pause,
+       pz.paused AS pause_paused, pz.reason_code AS pause_reason_code, pz.until AS pause_until,
+       pz.hold_appointment_reminders AS pause_holds_appointments, pz.at AS pause_at
   FROM observed o
   LEFT JOIN claimed c ON c.id = o.id
   LEFT JOIN patient p ON p.id = c.patient_id
@@ -94,6 +96,8 @@ SELECT o.id AS observed_id, o.state AS observed_state, o.not_before AS observed_
   LEFT JOIN survey_assignment sv ON json_typeof(c.context -> 'survey_assignment_id') = 'number'
                                 AND sv.id = (c.context ->> 'survey_assignment_id')::bigint
   LEFT JOIN campaign cp ON cp.id = c.campaign_id
+  LEFT JOIN LATERAL (SELECT z.paused, z.reason_code, z.until, z.hold_appointment_reminders, z.at
+                       FROM care_pause_event z WHERE z.patient_id = c.patient_id ORDER BY z.id DESC LIMIT 1) pz ON true
  ORDER BY o.id
 """
     )
@@ -205,6 +209,8 @@ class Claimed:
     consent: dict[tuple[str, str | None], bool]
     capped_sends: list[tuple[int, int, str, str, datetime]]
     stale: tuple[str, str] | None
+    pause: care_pause.Pause | None = None
+    survey_on_pause: str | None = None
 
 
 def claim_and_read(
@@ -340,6 +346,14 @@ def _claimed(record: Any, now: datetime) -> Claimed:
         consent=consent_from((c[0], c[1], bool(c[2])) for c in record["consent"] or []),
         capped_sends=capped,
         stale=stale,
+        pause=care_pause.pause_from_columns(
+            record["pause_paused"],
+            record["pause_reason_code"],
+            record["pause_until"],
+            record["pause_holds_appointments"],
+            record["pause_at"],
+        ),
+        survey_on_pause=record["survey_on_care_pause"],
     )
 
 

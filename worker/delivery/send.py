@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from integrations.base import NOT_SENT, OutboundMessage, Outcome, Provider, SendResult
-from worker import appointments, campaigns, surveys
+from worker import appointments, campaigns, care_pause, surveys
 from worker.caps import Counts, recent_counts_of
 from worker.categories import Category, Channel
 from worker.clock import Clock
@@ -191,6 +191,8 @@ def _claim_and_read_many(
                 consent=got.consent,
                 counts=pg.counts(got, now),
                 stale=got.stale,
+                pause=got.pause,
+                survey_on_pause=got.survey_on_pause,
             ),
         )
         for got in claimed
@@ -215,6 +217,9 @@ class _Facts:
     consent: ConsentState
     counts: Counts
     stale: tuple[str, str] | None
+    #: Her latest care-pause ledger entry, and (a survey notice) what its survey does while she is paused.
+    pause: care_pause.Pause | None = None
+    survey_on_pause: str | None = None
 
 
 def _load_facts(deps: DeliveryDeps, rows: Sequence[Notification]) -> dict[int, _Facts]:
@@ -248,6 +253,8 @@ def _load_facts(deps: DeliveryDeps, rows: Sequence[Notification]) -> dict[int, _
             )
             for row in rows
         }
+        pauses = care_pause.latest_pauses(session, patient_ids)
+        on_pause = {id_of(row): surveys.on_care_pause(session, row.context) for row in rows}
         session.expunge_all()
     return {
         id_of(row): _Facts(
@@ -258,6 +265,8 @@ def _load_facts(deps: DeliveryDeps, rows: Sequence[Notification]) -> dict[int, _
             consent=consent[row.patient_id],
             counts=counts[row.patient_id],
             stale=stale[id_of(row)],
+            pause=pauses.get(row.patient_id),
+            survey_on_pause=on_pause[id_of(row)],
         )
         for row in rows
     }
@@ -299,13 +308,19 @@ def _decide_claimed(deps: DeliveryDeps, row: Notification, facts: _Facts, settle
         consent=facts.consent,
         quiet_window=deps.quiet_window,
         counts=facts.counts,
+        pause=facts.pause,
+        survey_on_pause=facts.survey_on_pause,
     )
     if decision.expire:
         return settle(row.id, State.EXPIRED, decision.expire)
     if decision.suppress:
         return settle(row.id, State.SUPPRESSED, decision.suppress)
+    if decision.cancel:
+        return settle(row.id, State.CANCELLED, decision.cancel)
     if decision.defer_until is not None:
-        return settle(row.id, State.DEFERRED, decision.defer_reason, not_before=decision.defer_until)
+        return settle(
+            row.id, State.DEFERRED, decision.defer_reason, not_before=decision.defer_until, uncount=decision.uncount
+        )
     return decision
 
 

@@ -8,6 +8,7 @@ from worker.bootstrap import App
 from worker.web import (
     routes_activity,
     routes_campaigns,
+    routes_care_pause,
     routes_notifications,
     routes_ops,
     routes_patients,
@@ -62,6 +63,7 @@ def create_web_app(app: App) -> FastAPI:
         routes_webhooks.router,
         preference_page_router,
         routes_activity.router,
+        routes_care_pause.router,
     ):
         web.include_router(router)
     install_console(web)  # the operators' pages at /console (sessions, not API keys)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field
 
 from worker.activity import LedgerItem, patient_activity
-from worker.activity.feed import MAX_LIMIT
+from worker.activity.feed import MAX_LIMIT, Item, PauseItem
 from worker.patients import patient_id_for
 from worker.web.auth import FORBIDDEN, Reader
 from worker.web.deps import AppDep
@@ -58,8 +58,25 @@ class LedgerEntry(BaseModel):
     detail: str | None
 
 
+class PauseEntry(BaseModel):
+    """A care pause set or changed (``paused``) or lifted; ``reason_code`` is for the care team, never shown to her."""
+
+    type: Literal["care_pause"] = "care_pause"
+    id: int
+    at: datetime
+    paused: bool
+    reason_code: str | None
+    until: datetime | None
+    hold_appointment_reminders: bool
+    source: str
+    actor: str
+
+
+Entry = NotificationEntry | LedgerEntry | PauseEntry
+
+
 class ActivityOut(BaseModel):
-    items: list[Annotated[NotificationEntry | LedgerEntry, Field(discriminator="type")]]
+    items: list[Annotated[Entry, Field(discriminator="type")]]
     next_cursor: str | None
 
 
@@ -72,14 +89,16 @@ def activity(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 25,
 ) -> ActivityOut:
     """Her notifications (state, reason, channels tried, provider answers, times) and consent-ledger rows
-    (consent, mutes, pauses), newest first. Pass ``next_cursor`` back as ``cursor`` for the next page."""
+    (consent, mutes) and care pauses, newest first. Pass ``next_cursor`` back as ``cursor`` for the next page."""
     with not_found_as("external_ref"):
         patient_id = patient_id_for(app.engine, external_ref)
     page = patient_activity(app.engine, patient_id, cursor=cursor, limit=limit)
-    items: list[NotificationEntry | LedgerEntry] = [
-        LedgerEntry.model_validate(asdict(item))
-        if isinstance(item, LedgerItem)
-        else NotificationEntry.model_validate(asdict(item))
-        for item in page.items
-    ]
-    return ActivityOut(items=items, next_cursor=page.next_cursor)
+    return ActivityOut(items=[_entry(item) for item in page.items], next_cursor=page.next_cursor)
+
+
+def _entry(item: Item) -> Entry:
+    if isinstance(item, LedgerItem):
+        return LedgerEntry.model_validate(asdict(item))
+    if isinstance(item, PauseItem):
+        return PauseEntry.model_validate(asdict(item))
+    return NotificationEntry.model_validate(asdict(item))

@@ -94,6 +94,7 @@ def assign(body: SurveyIn, app: AppDep, caller: Notifier) -> SurveyOut:
             first_send_at=body.first_send_at,
             reminders=body.reminders,
             interval_days=body.interval_days,
+            on_care_pause=body.on_care_pause,
         )
     return SurveyOut(survey_assignment_id=assignment_id, assignment_ref=body.assignment_ref)
 

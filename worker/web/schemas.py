@@ -155,6 +155,11 @@ class SurveyIn(Strict):
     first_send_at: Instant | None = None
     reminders: int | None = Field(default=None, ge=0, le=10)
     interval_days: int | None = Field(default=None, ge=1, le=60)
+    on_care_pause: Literal["defer", "cancel"] | None = Field(
+        default=None,
+        description="While the patient's care is paused: wait for the pause to end, or cancel "
+        "(default: the deployment's care_pause.survey_default, defer)",
+    )
 
 
 class SurveyOut(BaseModel):

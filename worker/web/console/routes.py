@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from worker.activity import LedgerItem, NotificationItem, patient_activity
+from worker.activity import LedgerItem, NotificationItem, PauseItem, patient_activity
 from worker.broker import queue_depths
 from worker.campaigns import cancel_campaign
 from worker.dead_letters import list_dead_letters, replay_dead_letter
@@ -242,6 +242,7 @@ def patient(request: Request, app: AppDep, user: OperatorDep, ref: str, cursor: 
         ref_path=_quoted(card.ref),
         is_notification=lambda item: isinstance(item, NotificationItem),
         is_ledger=lambda item: isinstance(item, LedgerItem),
+        is_pause=lambda item: isinstance(item, PauseItem),
     )
 
 
