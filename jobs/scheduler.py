@@ -32,6 +32,11 @@ def roll_up_metrics(app: App) -> int:
     return app.roll_up_metrics()
 
 
+def dispatch_webhooks(app: App) -> int:
+    """Read the change logs past the watermark into outbound-webhook deliveries; queue a sender per endpoint."""
+    return app.dispatch_webhooks()
+
+
 def purge_web_records(app: App) -> int:
     """Delete expired Idempotency-Keys and webhook receipts, a small batch per transaction."""
     purged = purge_expired(app.engine, app.clock, app.settings.web)
@@ -52,6 +57,7 @@ def add_jobs(scheduler: S, app: App) -> S:
         (launch_campaigns, cfg.campaigns.scan_interval_seconds, "launch_campaigns"),
         (roll_up_metrics, cfg.metrics.rollup_interval_seconds, "metrics_rollup"),
         (purge_web_records, cfg.web.retention_interval_seconds, "web_retention"),
+        (dispatch_webhooks, cfg.webhooks.dispatch_interval_seconds, "webhooks_dispatch"),
     )
     for job, seconds, job_id in jobs:
         scheduler.add_job(

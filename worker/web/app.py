@@ -9,6 +9,7 @@ from worker.web import (
     routes_campaigns,
     routes_notifications,
     routes_ops,
+    routes_outbound,
     routes_patients,
     routes_preferences,
     routes_scheduling,
@@ -57,6 +58,7 @@ def create_web_app(app: App) -> FastAPI:
         routes_campaigns.router,
         routes_unsubscribe.router,
         routes_webhooks.router,
+        routes_outbound.router,
     ):
         web.include_router(router)
     return web

@@ -56,6 +56,8 @@ class Scope(StrEnum):
     READ = "read"
     #: Reserved for the operators' web console (not yet built); no API route accepts it.
     CONSOLE = "console"
+    #: Register, list, disable, enable and remove outbound-webhook endpoints; replay their events.
+    WEBHOOKS = "webhooks"
 
 
 #: Every scope an API route checks: what a client created before scopes existed had (migration 0040), and the
@@ -293,6 +295,8 @@ CampaignReader = Annotated[Caller, Depends(require_scope(Scope.CAMPAIGNS, Scope.
 Eraser = Annotated[Caller, Depends(require_scope(Scope.ERASE))]
 #: A caller that may read any notification's status.
 Reader = Annotated[Caller, Depends(require_scope(Scope.READ))]
+
+WebhookAdmin = Annotated[Caller, Depends(require_scope(Scope.WEBHOOKS))]
 
 #: The OpenAPI description of a 403, for the routes' ``responses``.
 FORBIDDEN: dict[int | str, dict[str, Any]] = {
