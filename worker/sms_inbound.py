@@ -18,13 +18,14 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlmodel import col
 
-from worker.categories import Category, Channel
+from worker.categories import Channel
 from worker.clock import Clock
+from worker.confirm_by_reply import answer_reply, read_reply, reply_once
 from worker.consent import consent_of, record_consent
 from worker.db import session_scope
-from worker.models import Notification, Patient
+from worker.models import Patient
 from worker.models_consent import ConsentSource
-from worker.outbox import Enqueue, Submitted, add_notification
+from worker.outbox import Enqueue, Submitted
 from worker.patients import normalise_phone
 
 #: Whole-body keywords (case, spacing and punctuation ignored, accents stripped). English: Twilio's and the
@@ -46,6 +47,8 @@ class Intent(StrEnum):
     #: "don't stop"): nothing is recorded, and one clarifying text says how to stop.
     UNCLEAR = "unclear"
     OTHER = "other"
+    #: C / R to a reminder that asked for it (:mod:`worker.confirm_by_reply`); never returned by :func:`classify`.
+    APPOINTMENT_ANSWER = "appointment_answer"
 
 
 #: The reply each intent gets (``context["sms_reply"]``, a template key in :mod:`worker.templates`).
@@ -251,7 +254,13 @@ def handle_inbound_sms(
     """Apply one inbound text. Returns the intent and the reply notification, if one was sent.
 
     The body is read here and nowhere else: it is never stored or logged (a reply may carry health details).
+    A C or R answers an appointment reminder that asked for it; with no such reminder it is read as any text.
     """
+    kind = read_reply(body)
+    if kind is not None:
+        answered, ack = answer_reply(engine, clock, enqueue, from_number=from_number, kind=kind)
+        if answered:
+            return Intent.APPOINTMENT_ANSWER, ack
     intent = classify(body)
     if intent is Intent.OTHER:
         return intent, None
@@ -286,24 +295,9 @@ def handle_inbound_sms(
                     at=now,
                     detail=how,
                 )
-        patient_id = ids[0]
-        recent = session.scalars(
-            select(Notification).where(
-                col(Notification.patient_id) == patient_id,
-                col(Notification.category) == Category.ACCOUNT_NOTICE,
-                col(Notification.created_at) > now - CONFIRMATION_WINDOW,
-            )
-        ).all()
-        if any(n.context.get("sms_reply") == reply for n in recent):
-            return intent, None  # one confirmation (or question), even if the text is sent three times
-        reply_id, _ = add_notification(
-            session,
-            now,
-            patient_id=patient_id,
-            category=Category.ACCOUNT_NOTICE,
-            idempotency_key=f"sms-reply:{patient_id}:{reply}:{now.isoformat()}",
-            channels=[Channel.SMS],
-            context={"sms_reply": reply},
-        )
+        # One confirmation (or question), even if the text is sent three times.
+        reply_id = reply_once(session, now, ids[0], reply)
+        if reply_id is None:
+            return intent, None
     enqueue(reply_id)
     return intent, Submitted(notification_id=reply_id, created=True)
