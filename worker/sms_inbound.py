@@ -25,6 +25,7 @@ from worker.consent import consent_of, record_consent
 from worker.db import session_scope
 from worker.models import Patient
 from worker.models_consent import ConsentSource
+from worker.models_replies import ReplyKind
 from worker.outbox import Enqueue, Submitted
 from worker.patients import normalise_phone
 
@@ -47,8 +48,6 @@ class Intent(StrEnum):
     #: "don't stop"): nothing is recorded, and one clarifying text says how to stop.
     UNCLEAR = "unclear"
     OTHER = "other"
-    #: C / R to a reminder that asked for it (:mod:`worker.confirm_by_reply`); never returned by :func:`classify`.
-    APPOINTMENT_ANSWER = "appointment_answer"
 
 
 #: The reply each intent gets (``context["sms_reply"]``, a template key in :mod:`worker.templates`).
@@ -250,8 +249,8 @@ def classify(body: str) -> Intent:
 
 def handle_inbound_sms(
     engine: Engine, clock: Clock, enqueue: Enqueue, *, from_number: str, body: str
-) -> tuple[Intent, Submitted | None]:
-    """Apply one inbound text. Returns the intent and the reply notification, if one was sent.
+) -> tuple[Intent | ReplyKind, Submitted | None]:
+    """Apply one inbound text. Returns the intent (or the appointment answer) and the reply notification, if any.
 
     The body is read here and nowhere else: it is never stored or logged (a reply may carry health details).
     A C or R answers an appointment reminder that asked for it; with no such reminder it is read as any text.
@@ -260,7 +259,7 @@ def handle_inbound_sms(
     if kind is not None:
         answered, ack = answer_reply(engine, clock, enqueue, from_number=from_number, kind=kind)
         if answered:
-            return Intent.APPOINTMENT_ANSWER, ack
+            return kind, ack
     intent = classify(body)
     if intent is Intent.OTHER:
         return intent, None
