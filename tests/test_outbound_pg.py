@@ -90,7 +90,7 @@ def test_an_id_committed_after_a_higher_one_is_not_skipped(
 def test_concurrent_senders_send_each_delivery_once(make_app: AppFactory, pg_url: str, receiver: Receiver) -> None:
     app = _app(make_app, pg_url, claim_batch_size=10)
     view, receiver.secret = add_endpoint(app.engine, app.clock, url=receiver.url, events="consent.changed")
-    for p in range(10):
+    for _ in range(10):
         _consent(app, create_patient(app), 20)
     assert app.dispatch_webhooks() == 200
     _senders(app, view.id, 4)
@@ -106,7 +106,7 @@ def test_an_ordered_endpoint_keeps_each_patients_order_under_concurrent_senders(
         app.engine, app.clock, url=receiver.url, events="consent.changed", ordered=True
     )
     patients = [create_patient(app) for _ in range(5)]
-    for round_ in range(10):
+    for _ in range(10):
         for pid in patients:
             _consent(app, pid, 1)
         app.clock.advance(timedelta(seconds=1))  # type: ignore[attr-defined]

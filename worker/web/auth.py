@@ -60,9 +60,10 @@ class Scope(StrEnum):
     WEBHOOKS = "webhooks"
 
 
-#: Every scope an API route checks: what a client created before scopes existed had (migration 0040), and the
-#: default of :func:`create_api_key`. ``console`` is never implied: it must be granted by name.
-API_SCOPES: frozenset[Scope] = frozenset(Scope) - {Scope.CONSOLE}
+#: The scopes of the patient-facing API: what a client created before scopes existed had (migration 0040), and the
+#: default of :func:`create_api_key`. ``console`` and ``webhooks`` are never implied: they must be granted by name
+#: (an outbound-webhook endpoint hears about every patient, so registering one is an operator's decision).
+API_SCOPES: frozenset[Scope] = frozenset(Scope) - {Scope.CONSOLE, Scope.WEBHOOKS}
 
 
 @dataclass(frozen=True)
