@@ -10,7 +10,8 @@ producer process of their own (``bench.producer``), the provider sink and the we
 2. notices + webhooks: an endpoint subscribed to ``notification.sent``, N more notices; events per second
    (N / (last event at the receiver - first trigger)) and the lag from the change to the receiver (the event's
    ``timestamp``, the moment the worker wrote ``sent``, to the receiver's clock on arrival: one machine, one
-   clock), alongside the notices' own throughput in that phase.
+   clock), alongside the notices' own throughput in that phase. Here events can only come as fast as notices.
+3. replay backlog: a new endpoint gets all 2N events at once (``replay``): the webhooks' own capacity.
 
     .venv/bin/python -m bench.webhooks --n 10000
 """
@@ -27,7 +28,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import structlog
@@ -177,6 +178,37 @@ def phase(
     return out
 
 
+def replay_phase(args: argparse.Namespace, pg_url: str, namespace: str, since: datetime) -> dict[str, float]:
+    """Every event of the two phases again, to a new endpoint, at once (``replay``): the webhooks' own capacity,
+    not limited by how fast notices happen."""
+    from worker.outbound.dispatch import replay
+
+    with Sink() as sink, Receiver() as receiver:
+        engine = make_engine(pg_url)
+        try:
+            view, receiver.secret = add_endpoint(engine, SystemClock(), url=receiver.url, events="notification.sent")
+            with service(pg_url, namespace, sink, threads=args.threads, processes=args.processes) as pids:
+                before = cpu.Snapshot.take()
+                started = time.time()
+                queued = replay(engine, SystemClock(), since=since, endpoint_id=view.id)
+                stored = time.time()
+                wait_for(receiver, queued, stall=STALL_SECONDS)  # type: ignore[arg-type]
+                usage = cpu.Usage(before, cpu.Snapshot.take())
+        finally:
+            engine.dispose()
+    last = max(receiver.first.values(), default=float("nan"))
+    rate = len(receiver.first) / (last - started)
+    print(
+        f"{'replay backlog':>22}: {len(receiver.first)}/{queued} events in {last - started:.1f} s = {rate:7.1f}/s "
+        f"(replay queued them in {stored - started:.1f} s)"
+    )
+    for line in account(usage, queued, pg_url=pg_url, workers={"service": set(pids)}, bench_label="receiver").lines(
+        " " * 24
+    ):
+        print(line)
+    return {"events": len(receiver.first), "event_rate": rate}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--n", type=int, default=10_000)
@@ -194,8 +226,10 @@ def main() -> None:
     )
     try:
         with scratch_database() as pg_url:
+            since = datetime.now(UTC)
             alone = phase("notices alone", args, pg_url, f"{namespace}-a", prefix="alone-", hooks=False)
             both = phase("notices + webhooks", args, pg_url, f"{namespace}-b", prefix="hooks-", hooks=True)
+            backlog = replay_phase(args, pg_url, f"{namespace}-c", since)
         print(
             "SUMMARY | "
             + json.dumps(
@@ -204,6 +238,7 @@ def main() -> None:
                     "notices_alone_per_s": round(alone["notice_rate"], 1),
                     "notices_with_webhooks_per_s": round(both["notice_rate"], 1),
                     "webhook_events_per_s": round(both["event_rate"], 1),
+                    "replayed_backlog_events_per_s": round(backlog["event_rate"], 1),
                     "lag_p50_ms": round(both["p50"] * 1000),
                     "lag_p99_ms": round(both["p99"] * 1000),
                     "duplicates": both["duplicates"],

@@ -424,3 +424,36 @@ def test_http_client_does_not_follow_redirects(make_app: AppFactory) -> None:
     assert app.outbound is not None
     assert isinstance(app.outbound.sender.client, httpx.Client)
     assert app.outbound.sender.client.follow_redirects is False
+
+
+def test_a_replay_to_an_ordered_endpoint_comes_in_the_order_things_happened(
+    make_app: AppFactory, receiver: Receiver
+) -> None:
+    app = _app(make_app)
+    pid = create_patient(app, ref="pt-order")
+    _notify(app, pid, context={"n": 1})  # before the endpoint existed
+    app.clock.advance(timedelta(seconds=1))  # type: ignore[attr-defined]
+    with session_scope(app.engine) as session:
+        record_consent(
+            session,
+            patient_id=pid,
+            channel=Channel.EMAIL,
+            category=Category.MARKETING,
+            granted=False,
+            source=ConsentSource.UNSUBSCRIBE_LINK,
+            actor="patient",
+            at=app.clock.now(),
+        )
+    app.dispatch_webhooks()  # no endpoint: skipped
+    _endpoint(app, receiver, "notification.sent,consent.changed", ordered=True)
+    app.clock.advance(timedelta(seconds=1))  # type: ignore[attr-defined]
+    _notify(app, pid, context={"n": 2})
+    _pump(app)
+    assert [r.type for r in receiver.accepted()] == ["notification.sent"]
+    assert replay(app.engine, app.clock, since=app.clock.now() - timedelta(hours=1)) == 3
+    _pump(app)
+    replayed = receiver.accepted()[1:]
+    assert [r.type for r in replayed] == ["notification.sent", "consent.changed", "notification.sent"]
+    stamps = [json.loads(r.body)["timestamp"] for r in replayed]
+    assert stamps == sorted(stamps)
+    assert replayed[2].webhook_id == receiver.accepted()[0].webhook_id

@@ -25,14 +25,15 @@ an endpoint that asks for per-patient order gets one patient's events one after 
 
 from __future__ import annotations
 
+import heapq
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, exists, func, or_, select, text, update
+from sqlalchemy import and_, delete, exists, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
@@ -208,22 +209,23 @@ def store(conn: Connection, events: Sequence[Event], targets: Sequence[Target], 
         for t in targets
         if e.type in t.events
     ]
-    for start in range(0, len(rows), 500):
-        statement = insert(_DELIVERIES).values(rows[start : start + 500])
-        if again:
-            statement = statement.on_conflict_do_update(
-                index_elements=["endpoint_id", "event_id"],
-                set_={
-                    "state": "pending",
-                    "attempts": 0,
-                    "next_attempt_at": now,
-                    "created_at": now,
-                    "lease_until": None,
-                },
+    if again:
+        # A replay: this endpoint's earlier deliveries of these events go, and new ones are inserted in the order
+        # the events happened, so an ordered endpoint gets them in that order (delivery ids are the queue order).
+        event_ids = sorted({ids[e.key] for e in wanted})
+        for start in range(0, len(event_ids), 500):
+            conn.execute(
+                delete(_DELIVERIES).where(
+                    _DELIVERIES.c.endpoint_id.in_([t.id for t in targets]),
+                    _DELIVERIES.c.event_id.in_(event_ids[start : start + 500]),
+                )
             )
-        else:
-            statement = statement.on_conflict_do_nothing(index_elements=["endpoint_id", "event_id"])
-        conn.execute(statement)
+    for start in range(0, len(rows), 500):
+        conn.execute(
+            insert(_DELIVERIES)
+            .values(rows[start : start + 500])
+            .on_conflict_do_nothing(index_elements=["endpoint_id", "event_id"])
+        )
     return len(rows)
 
 
@@ -320,6 +322,21 @@ class Dispatcher:
         return ids
 
 
+def _replayed(engine: Engine, source: Source, since: datetime, upto: int, batch_size: int) -> Iterator[Event]:
+    """One log's events at or after ``since`` with ids up to ``upto``, read a chunk of ids per transaction."""
+    with engine.connect() as conn:
+        first = conn.scalar(select(func.min(source.table.c.id)).where(source.time_column >= since))
+    if first is None:
+        return
+    start = int(first) - 1
+    while start < upto:
+        end = min(upto, start + batch_size)
+        with engine.connect() as conn:
+            events = read_events(conn, source, start, end, since)
+        yield from events  # outside the transaction: SQLite's is a write lock (BEGIN IMMEDIATE)
+        start = end
+
+
 def replay(
     engine: Engine,
     clock: Clock,
@@ -331,21 +348,25 @@ def replay(
 ) -> int:
     """Send again every event since ``since`` (to one endpoint, or every enabled one), with its original
     ``webhook-id``: also those that happened while an endpoint was disabled, or before it was added. Reads the logs
-    up to the dispatcher's marks (later rows are dispatched by it anyway); returns the deliveries queued."""
+    up to the dispatcher's marks (later rows are dispatched by it anyway), merged in the order the events happened
+    (memory stays bounded: each log is read a chunk at a time); returns the deliveries queued."""
     marks = current_marks(engine)
+    with engine.connect() as conn:
+        if not enabled_targets(conn, endpoint_id):
+            return 0
+    streams = [_replayed(engine, source, since, marks[source.name], batch_size) for source in sources]
     queued = 0
-    for source in sources:
-        with engine.connect() as conn:
-            first = conn.scalar(select(func.min(source.table.c.id)).where(source.time_column >= since))
-        if first is None:
-            continue
-        start = int(first) - 1
-        while start < marks[source.name]:
-            upto = min(marks[source.name], start + batch_size)
-            with engine.begin() as conn:
-                targets = enabled_targets(conn, endpoint_id)
-                if not targets:
-                    return queued
-                queued += store(conn, read_events(conn, source, start, upto, since), targets, clock.now(), again=True)
-            start = upto
+    chunk: list[Event] = []
+    for event in heapq.merge(*streams, key=lambda e: e.order):
+        chunk.append(event)
+        if len(chunk) >= 500:
+            queued += _store_replayed(engine, clock, chunk, endpoint_id)
+            chunk = []
+    if chunk:
+        queued += _store_replayed(engine, clock, chunk, endpoint_id)
     return queued
+
+
+def _store_replayed(engine: Engine, clock: Clock, events: list[Event], endpoint_id: int | None) -> int:
+    with engine.begin() as conn:
+        return store(conn, events, enabled_targets(conn, endpoint_id), clock.now(), again=True)
