@@ -37,6 +37,11 @@ def dispatch_webhooks(app: App) -> int:
     return app.dispatch_webhooks()
 
 
+def purge_webhook_deliveries(app: App) -> int:
+    """Delete outbound-webhook deliveries settled more than ``webhooks.retention_days`` ago (and their events)."""
+    return app.purge_webhooks()
+
+
 def purge_web_records(app: App) -> int:
     """Delete expired Idempotency-Keys and webhook receipts, a small batch per transaction."""
     purged = purge_expired(app.engine, app.clock, app.settings.web)
@@ -58,6 +63,7 @@ def add_jobs(scheduler: S, app: App) -> S:
         (roll_up_metrics, cfg.metrics.rollup_interval_seconds, "metrics_rollup"),
         (purge_web_records, cfg.web.retention_interval_seconds, "web_retention"),
         (dispatch_webhooks, cfg.webhooks.dispatch_interval_seconds, "webhooks_dispatch"),
+        (purge_webhook_deliveries, cfg.webhooks.retention_interval_seconds, "webhooks_retention"),
     )
     for job, seconds, job_id in jobs:
         scheduler.add_job(

@@ -457,3 +457,29 @@ def test_a_replay_to_an_ordered_endpoint_comes_in_the_order_things_happened(
     stamps = [json.loads(r.body)["timestamp"] for r in replayed]
     assert stamps == sorted(stamps)
     assert replayed[2].webhook_id == receiver.accepted()[0].webhook_id
+
+
+def test_settled_deliveries_are_purged_after_the_retention_and_can_still_be_replayed(
+    make_app: AppFactory, receiver: Receiver
+) -> None:
+    app = _app(make_app, webhooks={"retention_days": 7})
+    _endpoint(app, receiver, "notification.sent")
+    pid = create_patient(app)
+    _notify(app, pid, context={"n": 1})
+    receiver.status = 500
+    _notify(app, pid, context={"n": 2})
+    receiver.answer = lambda n: 200 if n == 1 else 500
+    _pump(app)
+    assert sorted(r.state for r in _deliveries(app)) == ["delivered", "pending"]
+    app.clock.advance(timedelta(days=6))  # type: ignore[attr-defined]
+    assert app.purge_webhooks() == 0
+    app.clock.advance(timedelta(days=2))  # type: ignore[attr-defined]
+    assert app.purge_webhooks() == 2  # the delivered one and its event; the open one stays
+    assert [r.state for r in _deliveries(app)] == ["pending"]
+    with app.engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(WebhookEvent.__table__)) == 1  # type: ignore[attr-defined]
+    receiver.answer = None
+    receiver.status = 200
+    assert replay(app.engine, app.clock, since=app.clock.now() - timedelta(days=30)) == 2
+    _pump(app)
+    assert len(set(receiver.ids())) == 2

@@ -223,11 +223,15 @@ class WebhookSettings(BaseModel):
     claim_batch_size: int = Field(50, ge=1, le=1000)
     send_concurrency: int = Field(8, ge=1, le=64)
     #: Sender messages queued at once per endpoint with work due.
-    senders_per_endpoint: int = Field(2, ge=1, le=32)
+    senders_per_endpoint: int = Field(1, ge=1, le=32)
     #: A claim's lease (a sender that died gives its rows back after this); a sender stops after run_seconds.
     lease_seconds: float = Field(60.0, gt=0)
     run_seconds: float = Field(20.0, gt=0)
     queue_name: str = "webhooks"
+    #: Delivered and given-up deliveries (and their events) are deleted after this long (replay reads the logs).
+    retention_days: float = Field(14.0, gt=0)
+    retention_interval_seconds: float = Field(300.0, gt=0)
+    retention_batch_size: int = Field(1000, ge=1)
 
 
 class PatientSettings(BaseModel):
