@@ -26,6 +26,7 @@ from sqlmodel import Session, col
 from worker.appointments import TYPE_PATTERN
 from worker.categories import Category, Channel
 from worker.clock import Clock
+from worker.consent import consent_of
 from worker.db import session_scope
 from worker.errors import InvalidInput
 from worker.models import DeliveryAttempt, Notification, Patient
@@ -201,6 +202,11 @@ def answer_reply(
                     value=appointment.id,
                     reason="appointment confirmed by reply; its type sends no reminder after that",
                 )
+        if (
+            consent_of(session, [appointment.patient_id])[appointment.patient_id].get((Channel.SMS.value, None))
+            is False
+        ):
+            return True, None  # she said STOP since: the answer counts, but no more texts, not even a thank-you
         reply_id = reply_once(session, now, appointment.patient_id, ACK[kind])
     if reply_id is None:
         return True, None

@@ -224,3 +224,11 @@ def test_the_type_setting_is_validated_and_listed(api: Api) -> None:
         headers=api.auth,
     )
     assert typed.status_code == 422 and typed.json()["field"] == "appointment_type"
+
+
+def test_after_stop_an_answer_still_counts_but_gets_no_text(api: Api) -> None:
+    appointment_id = _setup(api)
+    _answer(api, "STOP", "SM-s1")
+    _answer(api, "C", "SM-s2")
+    assert _appointment(api, appointment_id).confirmation == "confirmed"
+    assert [n.context["sms_reply"] for n in _acks(api)] == ["opt_out"]
