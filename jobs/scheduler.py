@@ -37,6 +37,16 @@ def purge_old_records(app: App) -> int:
     return sum(app.retention_job.tick().values())
 
 
+def dispatch_webhooks(app: App) -> int:
+    """Read the change logs past the watermark into outbound-webhook deliveries; queue a sender per endpoint."""
+    return app.dispatch_webhooks()
+
+
+def purge_webhook_deliveries(app: App) -> int:
+    """Delete outbound-webhook deliveries settled more than ``webhooks.retention_days`` ago (and their events)."""
+    return app.purge_webhooks()
+
+
 def add_jobs(scheduler: S, app: App) -> S:
     """Register every periodic job. One instance of each at a time; a late run is coalesced, not stacked."""
     cfg = app.settings
@@ -45,6 +55,8 @@ def add_jobs(scheduler: S, app: App) -> S:
         (launch_campaigns, cfg.campaigns.scan_interval_seconds, "launch_campaigns"),
         (roll_up_metrics, cfg.metrics.rollup_interval_seconds, "metrics_rollup"),
         (purge_old_records, cfg.retention.interval_seconds, "retention"),
+        (dispatch_webhooks, cfg.webhooks.dispatch_interval_seconds, "webhooks_dispatch"),
+        (purge_webhook_deliveries, cfg.webhooks.retention_interval_seconds, "webhooks_retention"),
     )
     for job, seconds, job_id in jobs:
         scheduler.add_job(

@@ -31,6 +31,7 @@ from worker.delivery.claims import Leases
 from worker.delivery.ratelimit import build_rate_limits
 from worker.errors import ConfigError
 from worker.metrics.rollup import MetricsRollup
+from worker.outbound import Outbound, build_outbound
 from worker.outbox import Relay, Submitted, submit
 from worker.outbox.stamps import EnqueueStamps
 from worker.preference_page.links import make_url as make_preference_url
@@ -182,6 +183,8 @@ class App:
     retention_job: Retention
     clients: HttpClients | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    #: Outbound webhooks: the dispatcher job, the sender and its actor (``worker.outbound``).
+    outbound: Outbound | None = None
 
     def enqueue(self, notification_id: int) -> None:
         self.actors.deliver.send(notification_id)
@@ -209,7 +212,17 @@ class App:
         """One rollup tick: fold newly committed log rows into the counts /metrics reads (``worker.metrics.rollup``)."""
         return self.metrics_job.tick()
 
+    def dispatch_webhooks(self) -> int:
+        """One outbound-webhook dispatcher tick: change logs -> deliveries, senders queued (``worker.outbound``)."""
+        return self.outbound.tick() if self.outbound is not None else 0
+
+    def purge_webhooks(self) -> int:
+        """Delete outbound-webhook deliveries settled long ago, and their events (``worker.outbound.dispatch``)."""
+        return self.outbound.purge() if self.outbound is not None else 0
+
     def close(self) -> None:
+        if self.outbound is not None:
+            self.outbound.close()
         self.stamps.close()
         self.deps.leases.stop()
         self.broker.close()
@@ -280,4 +293,5 @@ def build_app(
         stamps=EnqueueStamps(engine, clock),
         metrics_job=MetricsRollup(engine, clock, settings.metrics),
         retention_job=Retention(engine, clock, settings),
+        outbound=build_outbound(engine, clock, broker, settings.webhooks),
     )

@@ -14,6 +14,7 @@ from worker.categories import Category
 from worker.errors import CarenotifyError, NotFound
 from worker.logs import configure_logging
 from worker.migrate import upgrade
+from worker.outbound.cli import add_webhook_commands
 from worker.patient_cli import add_patient_commands
 from worker.settings import Settings, load_settings
 
@@ -332,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_api_key_commands(sub)  # create --scopes, add-key, rotate, revoke [--key-id], set-scopes, list
     add_patient_commands(sub)  # patient pause REF --reason ... (--until ... | --indefinite), patient unpause REF
+    add_webhook_commands(sub)  # add URL --events, list, disable, enable, remove, replay --since
 
     dead = sub.add_parser("dead-letters", help="messages the broker gave up on")
     dead_sub = dead.add_subparsers(dest="dead_letters_command", required=True)

@@ -244,6 +244,41 @@ class ConsoleSettings(BaseModel):
     health_window_minutes: int = Field(60, ge=1, le=24 * 60)
 
 
+class WebhookSettings(BaseModel):
+    """Outbound webhooks (:mod:`worker.outbound`): how often events are dispatched, how hard each is retried."""
+
+    model_config = {"extra": "forbid"}
+
+    #: How often the scheduler reads the change logs past its watermark and queues what is due.
+    dispatch_interval_seconds: float = Field(0.5, gt=0)
+    #: PostgreSQL: how long a tick waits for writers still in flight when it read the logs' ends.
+    barrier_wait_seconds: float = Field(0.5, ge=0)
+    #: Log ids read per transaction, and at most per tick.
+    batch_size: int = Field(2000, ge=1)
+    max_per_tick: int = Field(50_000, ge=1)
+    #: Backoff after the n-th failure: initial * 2**(n-1), at most max; retried until max_age_hours after the event.
+    initial_backoff_seconds: float = Field(5.0, gt=0)
+    max_backoff_seconds: float = Field(4 * 3600.0, gt=0)
+    max_age_hours: float = Field(72.0, gt=0)
+    #: An endpoint where every delivery has failed for this long is disabled (operators see it in /metrics, CLI).
+    disable_after_hours: float = Field(72.0, gt=0)
+    #: The receiver must answer within this; slower counts as a failure and is retried.
+    timeout_seconds: float = Field(10.0, gt=0)
+    #: Deliveries claimed per round by a sender, sent this many at a time (different patients when ordered).
+    claim_batch_size: int = Field(50, ge=1, le=1000)
+    send_concurrency: int = Field(8, ge=1, le=64)
+    #: Sender messages queued at once per endpoint with work due.
+    senders_per_endpoint: int = Field(1, ge=1, le=32)
+    #: A claim's lease (a sender that died gives its rows back after this); a sender stops after run_seconds.
+    lease_seconds: float = Field(60.0, gt=0)
+    run_seconds: float = Field(20.0, gt=0)
+    queue_name: str = "webhooks"
+    #: Delivered and given-up deliveries (and their events) are deleted after this long (replay reads the logs).
+    retention_days: float = Field(14.0, gt=0)
+    retention_interval_seconds: float = Field(300.0, gt=0)
+    retention_batch_size: int = Field(1000, ge=1)
+
+
 class PatientSettings(BaseModel):
     """What contact data the platform's patients may give."""
 
@@ -313,6 +348,7 @@ class Settings(BaseSettings):
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     care_pause: CarePauseSettings = Field(default_factory=CarePauseSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
 
     # Secrets: environment only (see SECRET_FIELDS).
     fcm_service_account_json: SecretStr | None = None

@@ -70,6 +70,9 @@ MARKETING_TEMPLATES: dict[str, dict[str, tuple[str, str]]] = {
 DEFAULT_MARKETING_TEMPLATE = "news"
 
 _SMS_STOP = {"en": "Reply STOP to opt out.", "es": "Responda STOP para cancelar."}
+#: Ends an appointment reminder text when its type asks for confirmation by reply (``template = confirm_by_reply``).
+_SMS_CONFIRM = {"en": "Reply C to confirm, R to reschedule.", "es": "Responda C para confirmar, R para reprogramar."}
+CONFIRM_TEMPLATE = "confirm_by_reply"
 _EMAIL_UNSUBSCRIBE = {"en": "Unsubscribe: {url}", "es": "Cancelar suscripción: {url}"}
 #: Every email's footer: her own signed link to the preference page (worker/preference_page).
 _EMAIL_PREFERENCES = {"en": "Choose which notices you get: {url}", "es": "Elija qué avisos recibe: {url}"}
@@ -105,6 +108,12 @@ _SMS_REPLIES: dict[tuple[str, str], str] = {
     "questions: please use the app.",
     ("clarify", "es"): "¿Desea dejar de recibir nuestros mensajes? Responda STOP para confirmar. Este número no "
     "responde preguntas: use la aplicación.",
+    # The answer to C / R (worker/confirm_by_reply.py): no time, place or kind of visit.
+    ("appointment_confirmed", "en"): "Thank you, your appointment is confirmed. Open the app for details.",
+    ("appointment_confirmed", "es"): "Gracias, su cita está confirmada. Abra la aplicación para ver los detalles.",
+    ("appointment_reschedule", "en"): "Thank you, we have your request to reschedule. Open the app for next steps.",
+    ("appointment_reschedule", "es"): "Gracias, recibimos su solicitud para reprogramar. Abra la aplicación para "
+    "ver los pasos siguientes.",
 }
 
 
@@ -120,7 +129,8 @@ def render(
 ) -> Rendered:
     """Render the text for one message. Unknown locales fall back to English.
 
-    ``template`` picks a campaign's marketing copy (:data:`MARKETING_TEMPLATES`); other categories have one text.
+    ``template`` picks a campaign's marketing copy (:data:`MARKETING_TEMPLATES`); other categories have one text,
+    except that an appointment reminder by SMS with ``template = confirm_by_reply`` asks for a C / R answer.
     ``preference_url`` (her signed preference-page link) goes in every email's footer and in the SMS HELP answer.
     """
     loc = locale if locale in LOCALES else "en"
@@ -139,6 +149,8 @@ def render(
         body = f"{BRAND}: {body}"
         if category is Category.MARKETING:
             body = f"{body} {_SMS_STOP[loc]}"
+        elif category is Category.APPOINTMENT_REMINDER and template == CONFIRM_TEMPLATE:
+            body = f"{body} {_SMS_CONFIRM[loc]}"
     elif channel is Channel.EMAIL and category is Category.MARKETING:
         if not unsubscribe_url:
             raise ValueError("a marketing email needs an unsubscribe URL")

@@ -189,6 +189,45 @@ ROUTES: list[tuple[str, str, str, dict[str, object] | None, frozenset[Scope]]] =
         None,
         frozenset({Scope.PREFERENCES, Scope.READ}),
     ),
+    (
+        "PUT",
+        "/v1/appointment-types/{appointment_type}",
+        "/v1/appointment-types/postpartum-visit",
+        {"confirm_by_reply": True},
+        frozenset({Scope.NOTIFY}),
+    ),
+    ("GET", "/v1/appointment-types", "/v1/appointment-types", None, frozenset({Scope.NOTIFY})),
+    (
+        "POST",
+        "/v1/webhook-endpoints",
+        "/v1/webhook-endpoints",
+        {"url": "https://platform.example.org/hooks", "events": ["*"]},
+        frozenset({Scope.WEBHOOKS}),
+    ),
+    ("GET", "/v1/webhook-endpoints", "/v1/webhook-endpoints", None, frozenset({Scope.WEBHOOKS})),
+    ("GET", "/v1/webhook-endpoints/{endpoint_id}", "/v1/webhook-endpoints/1", None, frozenset({Scope.WEBHOOKS})),
+    (
+        "POST",
+        "/v1/webhook-endpoints/{endpoint_id}/disable",
+        "/v1/webhook-endpoints/1/disable",
+        None,
+        frozenset({Scope.WEBHOOKS}),
+    ),
+    (
+        "POST",
+        "/v1/webhook-endpoints/{endpoint_id}/enable",
+        "/v1/webhook-endpoints/1/enable",
+        None,
+        frozenset({Scope.WEBHOOKS}),
+    ),
+    ("DELETE", "/v1/webhook-endpoints/{endpoint_id}", "/v1/webhook-endpoints/1", None, frozenset({Scope.WEBHOOKS})),
+    (
+        "POST",
+        "/v1/webhook-endpoints/replay",
+        "/v1/webhook-endpoints/replay",
+        {"since": "2026-03-01T00:00:00Z"},
+        frozenset({Scope.WEBHOOKS}),
+    ),
 ]
 
 

@@ -11,6 +11,7 @@ from worker.web import (
     routes_care_pause,
     routes_notifications,
     routes_ops,
+    routes_outbound,
     routes_patients,
     routes_preferences,
     routes_scheduling,
@@ -64,6 +65,7 @@ def create_web_app(app: App) -> FastAPI:
         preference_page_router,
         routes_activity.router,
         routes_care_pause.router,
+        routes_outbound.router,
     ):
         web.include_router(router)
     install_console(web)  # the operators' pages at /console (sessions, not API keys)
