@@ -3,6 +3,7 @@ she changed, through the consent ledger (source ``preference_page``), CSRF-safe;
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import timedelta
 from html import unescape
@@ -96,7 +97,12 @@ def test_the_page_shows_every_category_and_channel_and_get_changes_nothing(api: 
     assert _ledger(api) == [] and _rows(api) == []  # a link scanner or preview fetching it changes nothing
 
 
-def test_security_headers_on_every_answer(api: Api, capsys: pytest.CaptureFixture[str]) -> None:
+def test_security_headers_on_every_answer(
+    api: Api, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The test client logs each URL it calls (token included): that is the harness, not the service, so quiet it.
+    for client_logger in ("httpx", "httpx2"):
+        caplog.set_level(logging.WARNING, logger=client_logger)
     patient_id = create_patient(api.app)
     token = _token(api, patient_id)
     for response in (
