@@ -44,6 +44,11 @@ def purge_web_records(app: App) -> int:
     return purged.idempotency_keys + purged.webhook_receipts
 
 
+def escalate_care_team(app: App) -> int:
+    """Follow-ups for care-team messages still unread after ``care_team.escalate_after`` (FOR UPDATE SKIP LOCKED)."""
+    return app.escalate_care_team()
+
+
 def add_jobs(scheduler: S, app: App) -> S:
     """Register every periodic job. One instance of each at a time; a late run is coalesced, not stacked."""
     cfg = app.settings
@@ -52,6 +57,7 @@ def add_jobs(scheduler: S, app: App) -> S:
         (launch_campaigns, cfg.campaigns.scan_interval_seconds, "launch_campaigns"),
         (roll_up_metrics, cfg.metrics.rollup_interval_seconds, "metrics_rollup"),
         (purge_web_records, cfg.web.retention_interval_seconds, "web_retention"),
+        (escalate_care_team, cfg.care_team.escalation_interval_seconds, "care_team_escalation"),
     )
     for job, seconds, job_id in jobs:
         scheduler.add_job(

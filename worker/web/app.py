@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from worker.bootstrap import App
 from worker.web import (
     routes_campaigns,
+    routes_care_team,
     routes_notifications,
     routes_ops,
     routes_patients,
@@ -57,6 +58,7 @@ def create_web_app(app: App) -> FastAPI:
         routes_campaigns.router,
         routes_unsubscribe.router,
         routes_webhooks.router,
+        routes_care_team.router,
     ):
         web.include_router(router)
     return web
