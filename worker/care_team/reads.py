@@ -82,13 +82,13 @@ def mark_read(engine: Engine, clock: Clock, *, idempotency_key: str) -> ReadRece
 
 
 def _stop_follow_up(session: Session, head: CareTeamMessage, now: datetime) -> None:
-    if head.escalation is Escalation.WAITING or head.escalate_at is not None:
+    if head.escalation == Escalation.WAITING or head.escalate_at is not None:
         head.escalate_at = None
         head.escalation = Escalation.CANCELLED
         head.escalation_reason = f"read at {now.isoformat()}, before the follow-up was due"
         session.add(head)
         return
-    if head.escalation is Escalation.ESCALATED and head.escalation_id is not None:
+    if head.escalation == Escalation.ESCALATED and head.escalation_id is not None:
         why = "read in the secure app before the follow-up went out"
         if _cancel_unsent(session, head.escalation_id, why, now):
             head.escalation = Escalation.CANCELLED
