@@ -139,3 +139,18 @@ def test_care_team_read_and_escalate_commands(tmp_path: Path, make_app) -> None:
     assert receipt["first"] is True and receipt["escalation"] == "cancelled"
     escalate = _run(["care-team", "escalate"], tmp_path)
     assert escalate.returncode == 0 and json.loads(escalate.stdout) == {"escalated": 0}, escalate.stderr
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_erasure_takes_the_care_team_records_with_the_notifications(make_app, request, backend: str) -> None:  # type: ignore[no-untyped-def]
+    from worker.erasure import erase_patient
+
+    extra = {"database_url": request.getfixturevalue("pg_url")} if backend == "postgres" else {}
+    app = make_app(**extra)
+    pid, other = create_patient(app, ref="pt-1"), create_patient(app, ref="pt-2")
+    _notice(app, pid, "m-1")
+    _notice(app, pid, "m-2")  # folded into m-1
+    kept = _notice(app, other, "m-3")
+    erase_patient(app.engine, app.clock, patient_id=pid, reason="under_13")
+    with session_scope(app.engine) as session:
+        assert [r.notification_id for r in session.scalars(select(CareTeamMessage))] == [kept]

@@ -53,7 +53,9 @@ class CareTeamMessage(SQLModel, table=True):
             BigId, ForeignKey("notification.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
         )
     )
-    patient_id: int = Field(foreign_key="patient.id", ondelete="CASCADE")
+    #: The notification's patient, copied for the digest's index. No foreign key of its own: the notification's
+    #: cascades (an erased patient's notifications go, and this row with them), and the insert skips one more check.
+    patient_id: int
     created_at: datetime = Field(sa_type=UTCDateTime)
     #: The trigger said ``urgent: true``: escalated after ``care_team.urgent_escalate_after`` instead.
     urgent: bool = Field(default=False)

@@ -42,7 +42,6 @@ def upgrade() -> None:
         sa.Column("escalation_id", BIG_ID, nullable=True),
         sa.Column("escalation_reason", sqlmodel.sql.sqltypes.AutoString(length=500), nullable=True),
         sa.ForeignKeyConstraint(["notification_id"], ["notification.id"], ondelete="CASCADE"),
-        sa.ForeignKeyConstraint(["patient_id"], ["patient.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("notification_id"),
     )
     op.create_index(

@@ -59,10 +59,11 @@ WITH head AS (
     SELECT m.notification_id AS id
       FROM care_team_message m
      WHERE m.patient_id = :patient_id AND m.digest_of IS NULL AND m.created_at > :since
-       AND NOT EXISTS (SELECT 1 FROM notification WHERE idempotency_key = :idempotency_key)
      ORDER BY m.created_at DESC, m.notification_id DESC
      LIMIT 1
 ), joined AS (
+    -- Also run by a retry of a known message (its insert then does nothing): the update changes nothing then,
+    -- as a later now + delay never brings the head's follow-up forward.
     UPDATE care_team_message m
        SET escalate_at = CASE WHEN m.escalate_at IS NULL THEN NULL ELSE LEAST(m.escalate_at, :escalate_at) END
       FROM head

@@ -64,7 +64,8 @@ def transition(
 class Submitted:
     notification_id: int
     created: bool  # False when the idempotency key was seen before
-    #: Terminal at birth (a care-team notice folded into an unread one: :mod:`worker.outbox.digest`): never queued.
+    #: The row is terminal already, so nothing is queued: a care-team notice folded into an unread one at birth
+    #: (:mod:`worker.outbox.digest`), or a known key whose notification has settled.
     settled: bool = False
 
 
