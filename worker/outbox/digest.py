@@ -59,15 +59,15 @@ WITH head AS (
     SELECT m.notification_id AS id
       FROM care_team_message m
      WHERE m.patient_id = :patient_id AND m.digest_of IS NULL AND m.created_at > :since
-     ORDER BY m.created_at DESC, m.notification_id DESC
+     ORDER BY m.created_at DESC
      LIMIT 1
 ), joined AS (
     -- Also run by a retry of a known message (its insert then does nothing): the update changes nothing then,
-    -- as a later now + delay never brings the head's follow-up forward.
+    -- as a later now + delay never brings the head's follow-up forward. The head's id is a scalar subquery, not a
+    -- join: a plan cached while the table was empty would otherwise scan the whole table on every submit.
     UPDATE care_team_message m
        SET escalate_at = CASE WHEN m.escalate_at IS NULL THEN NULL ELSE LEAST(m.escalate_at, :escalate_at) END
-      FROM head
-     WHERE m.notification_id = head.id AND m.read_at IS NULL
+     WHERE m.notification_id = (SELECT id FROM head) AND m.read_at IS NULL
     RETURNING m.notification_id AS id
 ), created AS (
     INSERT INTO notification (patient_id, category, channels, context, idempotency_key, state, reason, not_before,
@@ -123,7 +123,7 @@ def open_head(session: Session, patient_id: int, now: datetime, rule: DigestRule
             col(CareTeamMessage.digest_of).is_(None),
             col(CareTeamMessage.created_at) > now - rule.window,
         )
-        .order_by(col(CareTeamMessage.created_at).desc(), col(CareTeamMessage.notification_id).desc())
+        .order_by(col(CareTeamMessage.created_at).desc())
         .limit(1)
         .with_for_update()
     ).first()
