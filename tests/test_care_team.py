@@ -154,3 +154,72 @@ def test_erasure_takes_the_care_team_records_with_the_notifications(make_app, re
     erase_patient(app.engine, app.clock, patient_id=pid, reason="under_13")
     with session_scope(app.engine) as session:
         assert [r.notification_id for r in session.scalars(select(CareTeamMessage))] == [kept]
+
+
+@pytest.mark.postgres
+def test_the_digest_statement_stays_on_indexes_with_a_plan_cached_while_the_table_was_empty(pg_url: str) -> None:
+    """A connection prepares the submit statement early (psycopg does on its fifth run) and may keep a generic plan
+    made when ``care_team_message`` was empty: that plan must still read a few pages, not the whole table."""
+    import re
+    from datetime import UTC, datetime, timedelta
+
+    import psycopg
+    from psycopg.types.json import Json
+    from sqlalchemy.engine import make_url
+
+    from worker.outbox import digest
+
+    rule = digest.DigestRule(timedelta(minutes=10), timedelta(hours=4), timedelta(minutes=30))
+    names: list[str] = []
+
+    def numbered(match: re.Match[str]) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    sql = re.sub(r"%\((\w+)\)s", numbered, digest.SUBMIT_PG)
+    now = datetime(2026, 3, 2, 18, 0, tzinfo=UTC)
+
+    def args(i: int) -> list[Any]:
+        values = {
+            "patient_id": 1,
+            "category": "care_team_message",
+            "channels": None,
+            "context": Json({"message_ref": f"m-{i}"}),
+            "idempotency_key": f"care_team_message:m-{i}",
+            "not_before": None,
+            "expires_at": None,
+            "now": now,
+            **digest.pg_params(rule, now, {}),
+        }
+        return [values[name] for name in names]
+
+    url = make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO patient (external_ref, time_zone, locale, created_at, updated_at) "
+                     "VALUES ('pt-1', 'UTC', 'en', now(), now())")  # fmt: skip
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        types = {"patient_id": "int", "channels": "json", "context": "json", "urgent": "bool", "category": "text"}
+        types |= {"idempotency_key": "text", "fold_text": "text"}
+        typed = ", ".join(types.get(name, "timestamptz") for name in names)
+        conn.execute(f"PREPARE submit_digest ({typed}) AS {sql}")
+        placeholders = ", ".join("%s" for _ in names)
+        client = psycopg.ClientCursor(conn)  # EXECUTE's arguments as literals, typed by the prepared statement
+        client.execute(f"EXECUTE submit_digest ({placeholders})", args(0))  # planned now, on an empty table
+        conn.execute(
+            "INSERT INTO notification (id, patient_id, category, context, idempotency_key, state, attempt_count, "
+            "created_at, updated_at) SELECT g, 1, 'care_team_message', '{}', 'bulk-' || g, 'sent', 0, now(), now() "
+            "FROM generate_series(1000, 4999) g"
+        )
+        conn.execute(
+            "INSERT INTO care_team_message (notification_id, patient_id, created_at, urgent, read_at) "
+            "SELECT g, 1, %s - interval '1 hour', false, NULL FROM generate_series(1000, 4999) g",
+            [now],
+        )
+        plan = client.execute(
+            f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE submit_digest ({placeholders})", args(1)
+        ).fetchone()
+    assert plan is not None
+    pages = plan[0][0]["Plan"]["Shared Hit Blocks"] + plan[0][0]["Plan"]["Shared Read Blocks"]
+    assert pages < 100, f"{pages} pages for one submit"  # a join driven by a scan of the table took 16,000
+    assert '"Node Type": "Seq Scan"' not in json.dumps(plan[0]), "the cached plan scans a table"
