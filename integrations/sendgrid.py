@@ -14,7 +14,8 @@ group. What is hers alone goes in her personalization, which SendGrid applies to
 - ``headers`` (marketing): her own ``List-Unsubscribe: <her signed URL>`` and ``List-Unsubscribe-Post:
   List-Unsubscribe=One-Click`` (RFC 8058); none at the top level;
 - ``substitutions``: ``{"-unsubscribe_url-": her URL}`` when the text carries her unsubscribe link
-  (worker/templates.py puts it in the marketing body): the shared content says ``-unsubscribe_url-`` where the
+  (worker/templates.py puts it in the marketing body), and ``{"-preferences_url-": her URL}`` for her
+  preference-page link in every email's footer: the shared content says ``-unsubscribe_url-`` where the
   single send says the URL, and SendGrid substitutes per personalization (legacy substitutions: they apply to
   content without a ``template_id``; ``dynamic_template_data`` would need a stored dynamic template).
 
@@ -68,6 +69,8 @@ def _rate_limit_reset(headers: httpx.Headers, now: datetime) -> float | None:
 MAX_PERSONALIZATIONS = 1000
 #: Stands for each recipient's own unsubscribe URL in content shared by a bulk request (a legacy substitution tag).
 UNSUBSCRIBE_TAG = "-unsubscribe_url-"
+#: The same for her own preference-page link (every email's footer).
+PREFERENCES_TAG = "-preferences_url-"
 #: After a 400 naming personalizations, the rest are sent again: at most this many requests for one chunk (one
 #: request's worth of a group).
 MAX_REQUESTS_PER_CHUNK = 3
@@ -195,9 +198,13 @@ class SendGridEmailProvider:
             "to": [{"email": message.address}],
             "custom_args": {"notification_id": str(message.notification_id)},
         }
-        if url and url in text:
-            text = text.replace(url, UNSUBSCRIBE_TAG)
-            personalization["substitutions"] = {UNSUBSCRIBE_TAG: url}
+        substitutions = {}
+        for tag, own in ((UNSUBSCRIBE_TAG, url), (PREFERENCES_TAG, message.data.get("preferences_url"))):
+            if own and own in text:
+                text = text.replace(own, tag)
+                substitutions[tag] = own
+        if substitutions:
+            personalization["substitutions"] = substitutions
         if message.promotional and url:
             personalization["headers"] = _unsubscribe_headers(url)
         return _Prepared(index, (message.title, text, message.category, message.promotional), personalization)

@@ -10,7 +10,6 @@ from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from worker.bootstrap import App
-from worker.web.retention import purge_expired
 
 log = structlog.get_logger(__name__)
 
@@ -32,16 +31,20 @@ def roll_up_metrics(app: App) -> int:
     return app.roll_up_metrics()
 
 
-def purge_web_records(app: App) -> int:
-    """Delete expired Idempotency-Keys and webhook receipts, a small batch per transaction."""
-    purged = purge_expired(app.engine, app.clock, app.settings.web)
-    if purged.idempotency_keys or purged.webhook_receipts:
-        log.info(
-            "web_retention.purged",
-            idempotency_keys=purged.idempotency_keys,
-            webhook_receipts=purged.webhook_receipts,
-        )
-    return purged.idempotency_keys + purged.webhook_receipts
+def purge_old_records(app: App) -> int:
+    """Delete what is past its retention (old settled notifications with their logs, expired Idempotency-Keys and
+    webhook receipts, consent-ledger entries long replaced), a small batch per transaction (worker/retention)."""
+    return sum(app.retention_job.tick().values())
+
+
+def dispatch_webhooks(app: App) -> int:
+    """Read the change logs past the watermark into outbound-webhook deliveries; queue a sender per endpoint."""
+    return app.dispatch_webhooks()
+
+
+def purge_webhook_deliveries(app: App) -> int:
+    """Delete outbound-webhook deliveries settled more than ``webhooks.retention_days`` ago (and their events)."""
+    return app.purge_webhooks()
 
 
 def escalate_care_team(app: App) -> int:
@@ -56,7 +59,9 @@ def add_jobs(scheduler: S, app: App) -> S:
         (relay_outbox, cfg.outbox.relay_interval_seconds, "relay_outbox"),
         (launch_campaigns, cfg.campaigns.scan_interval_seconds, "launch_campaigns"),
         (roll_up_metrics, cfg.metrics.rollup_interval_seconds, "metrics_rollup"),
-        (purge_web_records, cfg.web.retention_interval_seconds, "web_retention"),
+        (purge_old_records, cfg.retention.interval_seconds, "retention"),
+        (dispatch_webhooks, cfg.webhooks.dispatch_interval_seconds, "webhooks_dispatch"),
+        (purge_webhook_deliveries, cfg.webhooks.retention_interval_seconds, "webhooks_retention"),
         (escalate_care_team, cfg.care_team.escalation_interval_seconds, "care_team_escalation"),
     )
     for job, seconds, job_id in jobs:

@@ -30,6 +30,9 @@ from worker.migrate import upgrade
 from worker.patients import register_device, upsert_patient
 from worker.settings import Settings, load_settings
 
+#: The real-browser fixtures (``browser``, ``screenshots``): one Chromium for the whole session.
+pytest_plugins = ["tests.browser"]
+
 PG_URL = os.environ.get("CARENOTIFY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("CARENOTIFY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 

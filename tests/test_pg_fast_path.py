@@ -3,22 +3,28 @@ path, in a fixed, small number of round trips counted on the wire."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
+import psycopg
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import create_engine, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import StaticPool
 
 from bench.roundtrips import counting_round_trips
-from integrations.base import Outcome, SendResult
+from integrations.base import OutboundMessage, Outcome, SendResult
 from integrations.fake import ScriptedProvider
 from tests.conftest import attempts, create_notification, create_patient, fake_providers, load
 from worker.appointments import create_appointment, reschedule_appointment
 from worker.caps import CAPPED_HEALTH_TEXTS, capped
 from worker.categories import Category, Channel
 from worker.consent import record_consent
-from worker.db import session_scope
-from worker.delivery import deliver, pg
-from worker.delivery.send import _load_facts
+from worker.db import run_raw, session_scope
+from worker.delivery import AnswerNotRecorded, deliver, pg
+from worker.delivery.claims import claim
+from worker.delivery.send import NO_LONGER_HELD, _load_facts
 from worker.models import Notification
 from worker.models_consent import ConsentSource
 from worker.outbox.stamps import EnqueueStamps
@@ -142,7 +148,7 @@ def test_stale_reminders_are_recognised_on_the_fast_path(make_app, pg_url: str) 
     assert load(app, nid).reason == "appointment rescheduled; this reminder was for the old time"
 
 
-def test_a_care_team_notice_takes_one_round_trip_to_submit_and_three_to_deliver(make_app, pg_url: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_care_team_notice_takes_one_round_trip_to_submit_and_two_to_deliver(make_app, pg_url: str) -> None:  # type: ignore[no-untyped-def]
     inapp = ScriptedProvider(name="inapp", channel=Channel.INAPP)
     app = make_app(database_url=pg_url, migrate=False, providers=fake_providers(inapp=inapp))
     pid = create_patient(app)
@@ -160,8 +166,9 @@ def test_a_care_team_notice_takes_one_round_trip_to_submit_and_three_to_deliver(
             trips.since_mark()
             assert deliver(app.deps, nid).state is State.SENT
             per_notice.append(trips.since_mark())
-    assert per_notice == [3, 3, 3], per_notice  # claim + facts, the provider's answer, the settle
+    assert per_notice == [2, 2, 2], per_notice  # claim + facts; the provider's answer with the settle
     assert all(len(attempts(app, nid)) == 1 for nid in ids)
+    assert all(load(app, nid).reason == "accepted: inapp (1 target)" for nid in ids)
 
 
 def test_a_retry_and_a_provider_wait_on_the_fast_path(make_app, pg_url: str) -> None:  # type: ignore[no-untyped-def]
@@ -182,3 +189,135 @@ def test_a_retry_and_a_provider_wait_on_the_fast_path(make_app, pg_url: str) -> 
     app.clock.advance(seconds=8)
     assert deliver(app.deps, nid).state is State.SENT
     assert [a.outcome for a in attempts(app, nid)] == ["retry", "accepted"]
+
+
+class _During(ScriptedProvider):
+    """A provider that, while it sends, lets the world go on (``during``), then answers from its script."""
+
+    def __init__(self, during: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.during = during
+
+    def send(self, *, message: OutboundMessage) -> SendResult:
+        self.during()
+        return super().send(message=message)
+
+
+def _no_connections(pg_url: str, allowed: bool) -> None:
+    """Open or close the test database to every connection (its open ones are ended): a database that is away."""
+    url = make_url(pg_url)
+    admin = url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{url.database}" ALLOW_CONNECTIONS {str(allowed).lower()}')
+        if not allowed:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (url.database,),
+            )
+
+
+def test_an_answer_is_written_with_the_settle_even_when_the_row_was_taken_meanwhile(make_app, pg_url: str) -> None:  # type: ignore[no-untyped-def]
+    """The provider took it, but this worker's lease lapsed during the call and another worker claimed the row: the
+    answer is still written (it is what the provider knows), the other worker's claim is left alone."""
+    holder: dict[str, Any] = {}
+
+    def lapse() -> None:
+        app.clock.advance(seconds=7)  # longer than the lease, no heartbeat
+        holder["other"] = claim(app.engine, app.clock, nid, lease=timedelta(seconds=6), holder="other-worker")
+
+    app = make_app(
+        database_url=pg_url,
+        migrate=False,
+        providers=fake_providers(inapp=_During(lapse, name="inapp", channel=Channel.INAPP)),
+    )
+    nid = create_notification(app, create_patient(app), channels=[Channel.INAPP])
+    report = deliver(app.deps, nid)
+    assert report.state is None and report.reason == NO_LONGER_HELD
+    assert holder["other"] is not None
+    row = load(app, nid)
+    assert row.state == State.SENDING and row.claimed_by == "other-worker"
+    assert [a.outcome for a in attempts(app, nid)] == ["accepted"]
+    app.clock.advance(seconds=7)
+    assert deliver(app.deps, nid).state is State.SENT, "the next claim finds the acceptance"
+    assert [a.outcome for a in attempts(app, nid)] == ["accepted"], "and sends nothing again"
+
+
+def test_each_answer_is_written_before_the_next_provider_call(make_app, pg_url: str) -> None:  # type: ignore[no-untyped-def]
+    """Failover: the first provider's answer is in the database before the second provider is called (the crash
+    window stays the send in flight); only the last answer rides on the settle."""
+    seen: list[list[str]] = []
+    busy = ScriptedProvider(
+        name="inapp-a", channel=Channel.INAPP, script=[SendResult(outcome=Outcome.RETRY, error_code="503")]
+    )
+    second = _During(
+        lambda: seen.append([a.provider for a in attempts(app, nid)]), name="inapp-b", channel=Channel.INAPP
+    )
+    providers = fake_providers()
+    providers[Channel.INAPP] = [busy, second]
+    app = make_app(database_url=pg_url, migrate=False, providers=providers)
+    nid = create_notification(app, create_patient(app), channels=[Channel.INAPP])
+    assert deliver(app.deps, nid).state is State.SENT
+    assert seen == [["inapp-a"]], "the first answer was written before the second call"
+    assert [(a.provider, a.outcome) for a in attempts(app, nid)] == [("inapp-a", "retry"), ("inapp-b", "accepted")]
+
+
+def test_a_database_that_refuses_the_answer_and_settle_parks_the_answer(make_app, pg_url: str) -> None:  # type: ignore[no-untyped-def]
+    """The database goes away while the provider is answering: the answer, meant to ride on the settle, is parked
+    with the heartbeat, the row stays held (never sent again), and it is written once the database is back."""
+    inapp = _During(lambda: _no_connections(pg_url, False), name="inapp", channel=Channel.INAPP)
+    app = make_app(
+        database_url=pg_url,
+        migrate=False,
+        providers=fake_providers(inapp=inapp),
+        delivery={"record_retry_seconds": 0},
+    )
+    nid = create_notification(app, create_patient(app), channels=[Channel.INAPP])
+    leases = app.deps.leases
+    try:
+        with pytest.raises(AnswerNotRecorded):
+            deliver(app.deps, nid)
+        assert leases.parked() == 1 and leases.held() == [nid], "parked with the heartbeat, the row still held"
+        assert leases.flush_parked() == 1, "still away: still parked"
+    finally:
+        _no_connections(pg_url, True)
+    assert leases.flush_parked() == 0 and leases.held() == []
+    assert [a.outcome for a in attempts(app, nid)] == ["accepted"]
+    assert load(app, nid).state == State.SENDING, "not settled: the lease runs out and the relay brings it back"
+    app.clock.advance(seconds=7)
+    assert deliver(app.deps, nid).state is State.SENT
+    assert len(inapp.sent) == 1, "the recorded acceptance is not sent twice"
+
+
+def test_one_rows_claim_is_planned_once_per_connection_and_a_batch_claims_with_the_same_facts(  # type: ignore[no-untyped-def]
+    make_app, pg_url: str
+) -> None:
+    """Planning the claim-and-read statement costs more than running it: one row's claim has a fixed shape, so
+    PostgreSQL keeps a generic plan for it once psycopg has prepared it (its 6th run on a connection) and it has
+    planned it 5 times more, where the array form of a batch is planned at every run. Both read the same facts."""
+    app = make_app(database_url=pg_url, migrate=False, providers=fake_providers())
+    pid = _rich_patient(app)
+    engine = create_engine(make_url(pg_url), poolclass=StaticPool)  # one connection: its prepared statements
+    try:
+        ids = [create_notification(app, pid, channels=[Channel.INAPP]) for _ in range(18)]
+        singles = [
+            pg.claim_and_read(engine, [nid], now=app.clock.now(), lease=timedelta(seconds=6), holder="one")[0][0]
+            for nid in ids[:16]
+        ]
+        batch, _ = pg.claim_and_read(engine, ids[16:], now=app.clock.now(), lease=timedelta(seconds=6), holder="b")
+        plans = run_raw(
+            engine,
+            "SELECT statement LIKE %(batch)s AS batch, generic_plans, custom_plans FROM pg_prepared_statements "
+            "WHERE statement LIKE %(claim)s",
+            {"batch": "%ANY(%", "claim": "%WITH observed AS%"},
+        )
+    finally:
+        engine.dispose()
+    one = [p for p in plans if not p["batch"]]
+    assert len(one) == 1 and one[0]["generic_plans"] == 16 - 5 - 5 and one[0]["custom_plans"] == 5, plans
+    for got in batch:
+        assert got.devices and got.preferences and got.consent, "a batch's rows carry every fact too"
+        alone = singles[0]
+        assert [d.model_dump() for d in got.devices] == [d.model_dump() for d in alone.devices]
+        assert got.consent == alone.consent
+        assert got.patient is not None and alone.patient is not None
+        assert got.patient.model_dump() == alone.patient.model_dump()

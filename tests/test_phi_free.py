@@ -252,3 +252,38 @@ def test_a_refused_campaign_audience_names_the_field_without_echoing_it(make_app
     with pytest.raises(InvalidInput, match=r"^audience\.time_zones: .*entry 1 ") as info:
         create_campaign(app.engine, app.clock, created_by="m", **body)  # type: ignore[arg-type]
     assert "Quintanilla" not in str(info.value) and "Preeclampsia" not in str(info.value)
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_confirm_by_reply_texts_name_the_sender_fit_one_segment_and_carry_nothing_of_the_visit(locale: str) -> None:
+    from worker.templates import render
+
+    texts = [render(Category.APPOINTMENT_REMINDER, Channel.SMS, locale, template="confirm_by_reply").body]
+    texts += [
+        render(Category.ACCOUNT_NOTICE, Channel.SMS, locale, sms_reply=kind).body
+        for kind in ("appointment_confirmed", "appointment_reschedule")
+    ]
+    for text in texts:
+        assert text.startswith("Partum Health:") and len(text) <= 160
+        assert not any(ch.isdigit() for ch in text), "no time, date or place"
+
+
+def test_no_phi_reaches_outbound_webhooks(make_app) -> None:  # type: ignore[no-untyped-def]
+    """Every category x channel x locale with PHI in its context, to a real receiver subscribed to every event."""
+    from tests.webhook_receiver import running_receiver
+    from worker.outbound.endpoints import add_endpoint, list_endpoints
+
+    fakes = {c.value: ScriptedProvider(name=f"fake-{c}", channel=c) for c in Channel}
+    app = make_app(providers=fake_providers(**fakes))
+    app.deps.unsubscribe_url = lambda pid: f"https://notify.example/v1/unsubscribe/tok{pid}"
+    with running_receiver() as receiver:
+        _, receiver.secret = add_endpoint(app.engine, app.clock, url=receiver.url, events="*")
+        _send_everything_with_phi_in_context(app)
+        assert app.outbound is not None
+        app.dispatch_webhooks()
+        [view] = list_endpoints(app.engine)
+        app.outbound.sender.run(view.id)
+    bodies = json.dumps([r.body for r in receiver.accepted()])
+    assert len(receiver.accepted()) >= 30 and receiver.refused == []
+    for fragment in DISTINCTIVE:
+        assert fragment not in bodies, f"{fragment!r} leaked into a webhook"

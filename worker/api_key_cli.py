@@ -29,7 +29,7 @@ from worker.web.auth import (
 
 _SCOPES_HELP = (
     f"comma-separated, from: {', '.join(Scope)} (e.g. notify,patients,read). "
-    "console is for the operators' web console and is never implied"
+    "console (the operators' web console) and webhooks (outbound-webhook endpoints) are never implied"
 )
 
 

@@ -7,6 +7,7 @@ appointment and its plan in one transaction; delivery re-checks the appointment 
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -18,11 +19,15 @@ from worker.clock import Clock
 from worker.db import session_scope
 from worker.errors import InvalidInput, NotFound
 from worker.models import Patient
+from worker.models_replies import AppointmentTypeSetting
 from worker.models_scheduling import Appointment, AppointmentStatus
 from worker.outbox import add_notification, cancel_open
 from worker.settings import Settings
+from worker.templates import CONFIRM_TEMPLATE
 
 CONTEXT_KEY = "appointment_id"
+#: The platform's name for a kind of visit (settings per type: ``worker.confirm_by_reply``).
+TYPE_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 def _check_start(starts_at: datetime, now: datetime) -> None:
@@ -30,6 +35,14 @@ def _check_start(starts_at: datetime, now: datetime) -> None:
         raise InvalidInput("starts_at", "must include a UTC offset")
     if starts_at <= now:
         raise InvalidInput("starts_at", "must be in the future")
+
+
+def _reply_template(session: Session, appointment: Appointment) -> dict[str, str]:
+    """Reminders of a type that asks for confirmation by reply carry the template that asks (SMS only)."""
+    if not appointment.appointment_type:
+        return {}
+    setting = session.get(AppointmentTypeSetting, appointment.appointment_type)
+    return {"template": CONFIRM_TEMPLATE} if setting is not None and setting.confirm_by_reply else {}
 
 
 def _plan(session: Session, settings: Settings, appointment: Appointment, now: datetime) -> int:
@@ -43,6 +56,7 @@ def _plan(session: Session, settings: Settings, appointment: Appointment, now: d
     ahead = [(hours, appointment.starts_at - timedelta(hours=hours)) for hours in offsets]
     ahead = [(hours, send_at) for hours, send_at in ahead if send_at >= now]  # a passed moment is skipped
     planned = 0
+    reply = _reply_template(session, appointment)
     for index, (hours, send_at) in enumerate(ahead):
         expires_at = ahead[index + 1][1] if index + 1 < len(ahead) else appointment.starts_at
         _, created = add_notification(
@@ -51,7 +65,7 @@ def _plan(session: Session, settings: Settings, appointment: Appointment, now: d
             patient_id=appointment.patient_id,
             category=Category.APPOINTMENT_REMINDER,
             idempotency_key=f"appt:{appointment.id}:v{appointment.version}:{hours:g}h",
-            context={CONTEXT_KEY: appointment.id, "version": appointment.version, "offset_hours": hours},
+            context={CONTEXT_KEY: appointment.id, "version": appointment.version, "offset_hours": hours, **reply},
             not_before=send_at,
             expires_at=expires_at,
         )
@@ -60,11 +74,20 @@ def _plan(session: Session, settings: Settings, appointment: Appointment, now: d
 
 
 def create_appointment(
-    engine: Engine, clock: Clock, settings: Settings, *, patient_id: int, external_ref: str, starts_at: datetime
+    engine: Engine,
+    clock: Clock,
+    settings: Settings,
+    *,
+    patient_id: int,
+    external_ref: str,
+    starts_at: datetime,
+    appointment_type: str | None = None,
 ) -> int:
     """Create an appointment and plan its reminders (idempotent on ``external_ref``)."""
     now = clock.now()
     _check_start(starts_at, now)
+    if appointment_type is not None and not TYPE_PATTERN.match(appointment_type):
+        raise InvalidInput("appointment_type", "1 to 64 letters, digits, '.', '_' or '-'")
     with session_scope(engine) as session:
         if session.get(Patient, patient_id) is None:
             raise NotFound(f"patient {patient_id} does not exist")
@@ -73,7 +96,12 @@ def create_appointment(
             assert existing.id is not None
             return existing.id
         appointment = Appointment(
-            patient_id=patient_id, external_ref=external_ref, starts_at=starts_at, created_at=now, updated_at=now
+            patient_id=patient_id,
+            external_ref=external_ref,
+            starts_at=starts_at,
+            appointment_type=appointment_type,
+            created_at=now,
+            updated_at=now,
         )
         session.add(appointment)
         session.flush()
@@ -115,6 +143,9 @@ def reschedule_appointment(
         appointment.starts_at = starts_at
         appointment.version += 1
         appointment.updated_at = now
+        # An answer was about the old time: the new one is unconfirmed until she answers again.
+        appointment.confirmation = None
+        appointment.confirmation_at = None
         session.add(appointment)
         session.flush()
         _plan(session, settings, appointment, now)

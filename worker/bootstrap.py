@@ -32,8 +32,11 @@ from worker.delivery.claims import Leases
 from worker.delivery.ratelimit import build_rate_limits
 from worker.errors import ConfigError
 from worker.metrics.rollup import MetricsRollup
+from worker.outbound import Outbound, build_outbound
 from worker.outbox import Relay, Submitted, submit
 from worker.outbox.stamps import EnqueueStamps
+from worker.preference_page.links import make_url as make_preference_url
+from worker.retention import Retention
 from worker.settings import Settings, load_settings
 from worker.unsubscribe import make_unsubscribe_url
 
@@ -140,6 +143,17 @@ def _unsubscribe_links(settings: Settings, clock: Clock) -> Callable[[int], str]
     )
 
 
+def preference_links(settings: Settings, clock: Clock) -> Callable[[int], str] | None:
+    """patient id -> her signed preference-page link (worker/preference_page), or ``None`` without a signing key."""
+    if settings.signing_key is None:
+        return None
+    key = settings.require_secret("signing_key")
+    ttl = timedelta(days=settings.preference_page.link_ttl_days)
+    return lambda patient_id: make_preference_url(
+        settings.public_base_url, key, patient_id=patient_id, now=clock.now(), ttl=ttl
+    )
+
+
 def queue_in_batches(actors: Actors, size: int, notification_ids: Sequence[int]) -> None:
     """``deliver_batch`` messages of ``size`` ids each (a lone id goes as a plain ``deliver``)."""
     ids = list(notification_ids)
@@ -166,8 +180,12 @@ class App:
     #: Marks submitted rows as queued in the background (one statement per trigger on the request path).
     stamps: EnqueueStamps
     metrics_job: MetricsRollup
+    #: The scheduler's ``retention`` job (what is past its retention, in small batches).
+    retention_job: Retention
     clients: HttpClients | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    #: Outbound webhooks: the dispatcher job, the sender and its actor (``worker.outbound``).
+    outbound: Outbound | None = None
 
     def enqueue(self, notification_id: int) -> None:
         self.actors.deliver.send(notification_id)
@@ -200,7 +218,17 @@ class App:
         """One rollup tick: fold newly committed log rows into the counts /metrics reads (``worker.metrics.rollup``)."""
         return self.metrics_job.tick()
 
+    def dispatch_webhooks(self) -> int:
+        """One outbound-webhook dispatcher tick: change logs -> deliveries, senders queued (``worker.outbound``)."""
+        return self.outbound.tick() if self.outbound is not None else 0
+
+    def purge_webhooks(self) -> int:
+        """Delete outbound-webhook deliveries settled long ago, and their events (``worker.outbound.dispatch``)."""
+        return self.outbound.purge() if self.outbound is not None else 0
+
     def close(self) -> None:
+        if self.outbound is not None:
+            self.outbound.close()
         self.stamps.close()
         self.deps.leases.stop()
         self.broker.close()
@@ -239,6 +267,7 @@ def build_app(
         leases=leases,
         quiet_window=(settings.scheduling.quiet_hours_start, settings.scheduling.quiet_hours_end),
         unsubscribe_url=_unsubscribe_links(settings, clock),
+        preference_url=preference_links(settings, clock),
         breakers=CircuitBreakers(
             clock,
             threshold=settings.provider.breaker_failure_threshold,
@@ -269,4 +298,6 @@ def build_app(
         relay_job=relay_job,
         stamps=EnqueueStamps(engine, clock),
         metrics_job=MetricsRollup(engine, clock, settings.metrics),
+        retention_job=Retention(engine, clock, settings),
+        outbound=build_outbound(engine, clock, broker, settings.webhooks),
     )

@@ -46,6 +46,7 @@ from sqlmodel import Session, col
 
 from integrations.base import Outcome
 from worker.caps import capped, recent_counts_of
+from worker.care_pause import paused_now
 from worker.categories import Category, Channel
 from worker.clock import Clock
 from worker.db import UTCDateTime, session_scope
@@ -65,7 +66,7 @@ log = structlog.get_logger(__name__)
 EnqueueMany = Callable[[Sequence[int]], None]
 
 #: Why an audience member got no notification at fan-out, in the order the rules are applied.
-EXCLUSION_REASONS = ("frequency_cap", "unreachable", "no_consent", "outside_window", "window_closed")
+EXCLUSION_REASONS = ("care_pause", "frequency_cap", "unreachable", "no_consent", "outside_window", "window_closed")
 
 
 class Audience(BaseModel):
@@ -318,11 +319,12 @@ def _reachable(channel: Channel) -> ColumnElement[bool]:
     return true()
 
 
-def _exclusion(channels: Sequence[Channel]) -> ColumnElement[Any]:
+def _exclusion(channels: Sequence[Channel], now: datetime) -> ColumnElement[Any]:
     """Per patient: NULL if at least one channel may carry the campaign, else the first rule that failed."""
     reachable = [_reachable(c) for c in channels]
     usable = [and_(ok, _consents(c)) for ok, c in zip(reachable, channels, strict=True)]
     return case(
+        (paused_now(col(Patient.id), now), "care_pause"),  # her care is paused: no marketing at all
         (~or_(*reachable), "unreachable"),
         (~or_(*usable), "no_consent"),  # reachable, but not on a channel she agreed to
         else_=None,
@@ -440,7 +442,7 @@ def _fan_out_chunk(
 
         channels = [Channel(c) for c in campaign.channels]
         members = session.execute(
-            select(col(Patient.id), col(Patient.time_zone), _exclusion(channels)).where(
+            select(col(Patient.id), col(Patient.time_zone), _exclusion(channels, now)).where(
                 col(Patient.id) > campaign.fanout_cursor,
                 col(Patient.id) <= upper,
                 *audience,
@@ -454,7 +456,7 @@ def _fan_out_chunk(
         by_start: dict[datetime | None, list[int]] = {}
         opens_in_zone: dict[str, datetime] = {}
         for patient_id, zone, rule in members:
-            reason = "frequency_cap" if patient_id in capped_ids else rule
+            reason = "frequency_cap" if patient_id in capped_ids and rule != "care_pause" else rule
             if reason is not None:
                 excluded[reason] += 1
                 continue

@@ -14,6 +14,8 @@ from worker.categories import Category
 from worker.errors import CarenotifyError, NotFound
 from worker.logs import configure_logging
 from worker.migrate import upgrade
+from worker.outbound.cli import add_webhook_commands
+from worker.patient_cli import add_patient_commands
 from worker.settings import Settings, load_settings
 
 
@@ -52,6 +54,11 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         sock.close()
         raise
     print(f"carenotify running (env={settings.env}, broker={settings.broker}); http://{args.host}:{port}/healthz")
+    if args.demo:
+        from worker.demo import demo_console_key
+
+        key = demo_console_key(app)
+        print(f"operator console: http://{args.host}:{port}/console  (one-time demo key: {key})", flush=True)
     try:
         if args.once:
             app.broker.join(settings.queue_name, timeout=30_000)
@@ -121,6 +128,26 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         app.close()
     print("database schema is up to date")
+    return 0
+
+
+def cmd_db_purge(settings: Settings, args: argparse.Namespace) -> int:
+    """Delete what is past its retention now (``--dry-run``: only count it), per table."""
+    app = _app(settings)
+    try:
+        counts = app.retention_job.due() if args.dry_run else dict(app.retention_job.purge_all())
+    finally:
+        app.close()
+    from worker.retention import TABLES
+
+    print(
+        json.dumps(
+            {
+                "dry_run": args.dry_run,
+                "deleted" if not args.dry_run else "would_delete": {table: counts.get(table, 0) for table in TABLES},
+            }
+        )
+    )
     return 0
 
 
@@ -262,6 +289,44 @@ def cmd_care_team_escalate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_preference_link(settings: Settings, args: argparse.Namespace) -> int:
+    """Print a patient's signed link to her preference page (what her emails and the SMS HELP answer carry)."""
+    from worker.bootstrap import preference_links
+    from worker.errors import ConfigError
+    from worker.patients import patient_id_for
+    from worker.settings import ENV_PREFIX
+
+    app = _app(settings)
+    try:
+        links = preference_links(settings, app.clock)
+        if links is None:
+            raise ConfigError(f"missing secret: set the environment variable {ENV_PREFIX}SIGNING_KEY")
+        url = links(patient_id_for(app.engine, args.patient_ref))
+    finally:
+        app.close()
+    print(url)
+    return 0
+
+
+def cmd_activity(settings: Settings, args: argparse.Namespace) -> int:
+    """A patient's notifications and consent-ledger rows, newest first, one page (``--cursor`` for the next)."""
+    from worker.activity import page_as_json, patient_activity
+    from worker.patients import patient_id_for
+
+    app = _app(settings)
+    try:
+        page = patient_activity(
+            app.engine, patient_id_for(app.engine, args.patient_ref), cursor=args.cursor, limit=args.limit
+        )
+    except NotFound:
+        print("no patient with that ref", file=sys.stderr)
+        return 1
+    finally:
+        app.close()
+    print(json.dumps(page_as_json(page), indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="carenotify", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -289,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database schema")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("upgrade", help="apply all migrations").set_defaults(func=cmd_db)
+    purge = db_sub.add_parser("purge", help="delete what is past its retention ([retention] settings), per table")
+    purge.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
+    purge.set_defaults(func=cmd_db_purge)
 
     send = sub.add_parser("send", help="notify a patient (default: a care-team message notice)")
     send.add_argument("--patient-ref", required=True, help="the platform's patient reference")
@@ -301,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
 
     add_api_key_commands(sub)  # create --scopes, add-key, rotate, revoke [--key-id], set-scopes, list
+    add_patient_commands(sub)  # patient pause REF --reason ... (--until ... | --indefinite), patient unpause REF
+    add_webhook_commands(sub)  # add URL --events, list, disable, enable, remove, replay --since
 
     dead = sub.add_parser("dead-letters", help="messages the broker gave up on")
     dead_sub = dead.add_subparsers(dest="dead_letters_command", required=True)
@@ -318,10 +388,18 @@ def build_parser() -> argparse.ArgumentParser:
     care_sub.add_parser("escalate", help="make the follow-ups that are due now").set_defaults(
         func=cmd_care_team_escalate
     )
+    link = sub.add_parser("preference-link", help="print a patient's signed link to her preference page")
+    link.add_argument("patient_ref", metavar="REF", help="the platform's patient reference")
+    link.set_defaults(func=cmd_preference_link)
 
     sub.add_parser("demo", help="seed demo patients and show notifications flowing (embedded default)").set_defaults(
         func=cmd_demo
     )
+    activity = sub.add_parser("activity", help="a patient's notifications and consent events, newest first")
+    activity.add_argument("patient_ref")
+    activity.add_argument("--cursor", default=None, help="next_cursor of the previous page")
+    activity.add_argument("--limit", type=int, default=25, choices=range(1, 101), metavar="1-100")
+    activity.set_defaults(func=cmd_activity)
     return parser
 
 

@@ -133,8 +133,14 @@ def retry_transient(fn: Callable[[], T], *, seconds: float) -> T:
     """Run ``fn`` (a whole transaction), again on a transient database error, for up to ``seconds``.
 
     For writes that must not be lost when a connection is killed mid-transaction (a provider's answer, a
-    settled row); anything else is raised at once.
+    settled row); anything else is raised at once. The first try runs straight (no retry machinery on the hot
+    path); only a transient failure starts the retries.
     """
+    try:
+        return fn()
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
     retrying = Retrying(
         retry=retry_if_exception(is_transient),
         stop=stop_after_delay(seconds),

@@ -89,3 +89,16 @@ def run_demo(app: App, *, timeout_ms: int = 30_000) -> list[str]:
             f" ({report['reason']})"
         )
     return lines
+
+
+#: The API client whose key ``carenotify run --demo`` prints for signing in to the console.
+CONSOLE_DEMO_CLIENT = "console-demo"
+
+
+def demo_console_key(app: App) -> str:
+    """A fresh key for the ``console-demo`` client (scope ``console`` only), created on first use. Each run's key
+    replaces the last one: an earlier run's printed key stops working, and so do the sessions it opened."""
+    from worker.web.auth import add_api_key, create_api_key
+
+    key = add_api_key(app.engine, app.clock, CONSOLE_DEMO_CLIENT, revoke_others=True)
+    return key or create_api_key(app.engine, app.clock, CONSOLE_DEMO_CLIENT, scopes="console")

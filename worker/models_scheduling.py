@@ -29,6 +29,11 @@ class Appointment(SQLModel, table=True):
     version: int = Field(default=1)
     created_at: datetime = Field(sa_type=UTCDateTime)
     updated_at: datetime = Field(sa_type=UTCDateTime)
+    #: The platform's name for the kind of visit; settings per type in ``appointment_type_setting``.
+    appointment_type: str | None = Field(default=None, max_length=64)
+    #: The patient's last answer by text (``confirmed`` | ``reschedule_requested``), and when; reset by a reschedule.
+    confirmation: str | None = Field(default=None, max_length=32)
+    confirmation_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class SurveyAssignment(SQLModel, table=True):
@@ -45,3 +50,6 @@ class SurveyAssignment(SQLModel, table=True):
     interval_days: int = Field(default=3)
     completed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = Field(sa_type=UTCDateTime)
+    #: What its notices do while the patient's care is paused: ``defer`` (wait for the pause to end, then be
+    #: checked again) or ``cancel``.
+    on_care_pause: str = Field(default="defer", sa_type=String(8))

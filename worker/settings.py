@@ -193,10 +193,90 @@ class WebSettings(BaseModel):
     idempotency_in_progress_seconds: float = Field(60.0, gt=0)
     #: How long a provider callback's receipt is kept to recognise the provider's retries (SendGrid: 24 h).
     webhook_receipt_hours: float = Field(168.0, gt=0)
-    #: The scheduler's ``web_retention`` job: how often, rows per delete, and at most per tick.
-    retention_interval_seconds: float = Field(60.0, gt=0)
-    retention_batch_size: int = Field(500, ge=1, le=10_000)
-    retention_max_per_tick: int = Field(50_000, ge=1)
+
+
+class CarePauseSettings(BaseModel):
+    """The care pause (worker/care_pause): what a survey's notices do while a patient is paused, unless the
+    survey assignment says (``on_care_pause``)."""
+
+    model_config = {"extra": "forbid"}
+
+    survey_default: Literal["defer", "cancel"] = "defer"
+
+
+class RetentionSettings(BaseModel):
+    """The scheduler's ``retention`` job (worker/retention): what is deleted when, in small batches."""
+
+    model_config = {"extra": "forbid"}
+
+    #: Terminal notifications (with their events and provider calls) are deleted this long after they settled.
+    days: int = Field(400, ge=1)
+    #: Consent-ledger entries (consent and care pauses) are kept this long after they stopped being in force
+    #: (the TCPA's 4-year look-back, with margin); a patient's current consent and pause are always kept.
+    consent_years: int = Field(5, ge=1)
+    #: How often the job runs, rows per delete transaction, and rows examined per table per tick.
+    interval_seconds: float = Field(30.0, gt=0)
+    batch_size: int = Field(500, ge=1, le=10_000)
+    max_per_tick: int = Field(50_000, ge=1)
+
+
+class PreferencePageSettings(BaseModel):
+    """The patient's preference page (worker/preference_page): how long her signed links and a loaded form last."""
+
+    model_config = {"extra": "forbid"}
+
+    #: A link in an email footer or the SMS HELP answer opens her page this long.
+    link_ttl_days: float = Field(30.0, gt=0, le=365)
+    #: A page left open longer than this asks her to look again before saving (nothing is changed).
+    form_ttl_hours: float = Field(24.0, gt=0, le=24 * 7)
+
+
+class ConsoleSettings(BaseModel):
+    """The operators' web console (``/console``): how long a signed-in session lasts."""
+
+    model_config = {"extra": "forbid"}
+
+    #: A session with no request for this long is over (the operator signs in again).
+    idle_timeout_minutes: float = Field(30.0, gt=0, le=24 * 60)
+    #: However busy, a session ends this long after sign-in.
+    max_session_hours: float = Field(12.0, gt=0, le=7 * 24)
+    #: Provider health looks back this far (accepted / retried / failed counts, rate-limit waits).
+    health_window_minutes: int = Field(60, ge=1, le=24 * 60)
+
+
+class WebhookSettings(BaseModel):
+    """Outbound webhooks (:mod:`worker.outbound`): how often events are dispatched, how hard each is retried."""
+
+    model_config = {"extra": "forbid"}
+
+    #: How often the scheduler reads the change logs past its watermark and queues what is due.
+    dispatch_interval_seconds: float = Field(0.5, gt=0)
+    #: PostgreSQL: how long a tick waits for writers still in flight when it read the logs' ends.
+    barrier_wait_seconds: float = Field(0.5, ge=0)
+    #: Log ids read per transaction, and at most per tick.
+    batch_size: int = Field(2000, ge=1)
+    max_per_tick: int = Field(50_000, ge=1)
+    #: Backoff after the n-th failure: initial * 2**(n-1), at most max; retried until max_age_hours after the event.
+    initial_backoff_seconds: float = Field(5.0, gt=0)
+    max_backoff_seconds: float = Field(4 * 3600.0, gt=0)
+    max_age_hours: float = Field(72.0, gt=0)
+    #: An endpoint where every delivery has failed for this long is disabled (operators see it in /metrics, CLI).
+    disable_after_hours: float = Field(72.0, gt=0)
+    #: The receiver must answer within this; slower counts as a failure and is retried.
+    timeout_seconds: float = Field(10.0, gt=0)
+    #: Deliveries claimed per round by a sender, sent this many at a time (different patients when ordered).
+    claim_batch_size: int = Field(50, ge=1, le=1000)
+    send_concurrency: int = Field(8, ge=1, le=64)
+    #: Sender messages queued at once per endpoint with work due.
+    senders_per_endpoint: int = Field(1, ge=1, le=32)
+    #: A claim's lease (a sender that died gives its rows back after this); a sender stops after run_seconds.
+    lease_seconds: float = Field(60.0, gt=0)
+    run_seconds: float = Field(20.0, gt=0)
+    queue_name: str = "webhooks"
+    #: Delivered and given-up deliveries (and their events) are deleted after this long (replay reads the logs).
+    retention_days: float = Field(14.0, gt=0)
+    retention_interval_seconds: float = Field(300.0, gt=0)
+    retention_batch_size: int = Field(1000, ge=1)
 
 
 class PatientSettings(BaseModel):
@@ -295,6 +375,11 @@ class Settings(BaseSettings):
     web: WebSettings = Field(default_factory=WebSettings)
     patients: PatientSettings = Field(default_factory=PatientSettings)
     care_team: CareTeamSettings = Field(default_factory=CareTeamSettings)
+    preference_page: PreferencePageSettings = Field(default_factory=PreferencePageSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
+    care_pause: CarePauseSettings = Field(default_factory=CarePauseSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
 
     # Secrets: environment only (see SECRET_FIELDS).
     fcm_service_account_json: SecretStr | None = None

@@ -18,13 +18,15 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlmodel import col
 
-from worker.categories import Category, Channel
+from worker.categories import Channel
 from worker.clock import Clock
+from worker.confirm_by_reply import answer_reply, read_reply, reply_once
 from worker.consent import consent_of, record_consent
 from worker.db import session_scope
-from worker.models import Notification, Patient
+from worker.models import Patient
 from worker.models_consent import ConsentSource
-from worker.outbox import Enqueue, Submitted, add_notification
+from worker.models_replies import ReplyKind
+from worker.outbox import Enqueue, Submitted
 from worker.patients import normalise_phone
 
 #: Whole-body keywords (case, spacing and punctuation ignored, accents stripped). English: Twilio's and the
@@ -247,11 +249,17 @@ def classify(body: str) -> Intent:
 
 def handle_inbound_sms(
     engine: Engine, clock: Clock, enqueue: Enqueue, *, from_number: str, body: str
-) -> tuple[Intent, Submitted | None]:
-    """Apply one inbound text. Returns the intent and the reply notification, if one was sent.
+) -> tuple[Intent | ReplyKind, Submitted | None]:
+    """Apply one inbound text. Returns the intent (or the appointment answer) and the reply notification, if any.
 
     The body is read here and nowhere else: it is never stored or logged (a reply may carry health details).
+    A C or R answers an appointment reminder that asked for it; with no such reminder it is read as any text.
     """
+    kind = read_reply(body)
+    if kind is not None:
+        answered, ack = answer_reply(engine, clock, enqueue, from_number=from_number, kind=kind)
+        if answered:
+            return kind, ack
     intent = classify(body)
     if intent is Intent.OTHER:
         return intent, None
@@ -286,24 +294,9 @@ def handle_inbound_sms(
                     at=now,
                     detail=how,
                 )
-        patient_id = ids[0]
-        recent = session.scalars(
-            select(Notification).where(
-                col(Notification.patient_id) == patient_id,
-                col(Notification.category) == Category.ACCOUNT_NOTICE,
-                col(Notification.created_at) > now - CONFIRMATION_WINDOW,
-            )
-        ).all()
-        if any(n.context.get("sms_reply") == reply for n in recent):
-            return intent, None  # one confirmation (or question), even if the text is sent three times
-        reply_id, _ = add_notification(
-            session,
-            now,
-            patient_id=patient_id,
-            category=Category.ACCOUNT_NOTICE,
-            idempotency_key=f"sms-reply:{patient_id}:{reply}:{now.isoformat()}",
-            channels=[Channel.SMS],
-            context={"sms_reply": reply},
-        )
+        # One confirmation (or question), even if the text is sent three times.
+        reply_id = reply_once(session, now, ids[0], reply)
+        if reply_id is None:
+            return intent, None
     enqueue(reply_id)
     return intent, Submitted(notification_id=reply_id, created=True)

@@ -32,9 +32,17 @@ def assign_survey(
     first_send_at: datetime | None = None,
     reminders: int | None = None,
     interval_days: int | None = None,
+    on_care_pause: str | None = None,
 ) -> int:
-    """Assign a survey and plan its notices; each notice expires when the next one is due (no pile-up)."""
+    """Assign a survey and plan its notices; each notice expires when the next one is due (no pile-up).
+
+    ``on_care_pause`` (default ``care_pause.survey_default``): while the patient's care is paused, its notices
+    wait for the pause to end (``defer``) or are cancelled (``cancel``).
+    """
     now = clock.now()
+    during_pause = on_care_pause or settings.care_pause.survey_default
+    if during_pause not in ("defer", "cancel"):
+        raise InvalidInput("on_care_pause", "must be defer or cancel")
     first = first_send_at or now
     if first.tzinfo is None:
         raise InvalidInput("first_send_at", "must include a UTC offset")
@@ -64,6 +72,7 @@ def assign_survey(
             reminders=count,
             interval_days=every,
             created_at=now,
+            on_care_pause=during_pause,
         )
         session.add(assignment)
         session.flush()
@@ -128,6 +137,15 @@ def stale_reason(session: Session, context: dict[str, object]) -> tuple[str, str
         return None
     assignment = session.get(SurveyAssignment, assignment_id)
     return stale_for(context, assignment is not None, assignment.completed_at if assignment else None)
+
+
+def on_care_pause(session: Session, context: dict[str, object]) -> str | None:
+    """A survey notice's ``on_care_pause`` (``defer`` or ``cancel``); ``None`` for any other notification."""
+    assignment_id = context.get(CONTEXT_KEY)
+    if not isinstance(assignment_id, int):
+        return None
+    assignment = session.get(SurveyAssignment, assignment_id)  # the identity map already holds it (stale_reason)
+    return assignment.on_care_pause if assignment is not None else None
 
 
 def stale_for(context: dict[str, object], found: bool, completed_at: datetime | None) -> tuple[str, str] | None:

@@ -79,7 +79,19 @@ MARKETING_TEMPLATES: dict[str, dict[str, tuple[str, str]]] = {
 DEFAULT_MARKETING_TEMPLATE = "news"
 
 _SMS_STOP = {"en": "Reply STOP to opt out.", "es": "Responda STOP para cancelar."}
+#: Ends an appointment reminder text when its type asks for confirmation by reply (``template = confirm_by_reply``).
+_SMS_CONFIRM = {"en": "Reply C to confirm, R to reschedule.", "es": "Responda C para confirmar, R para reprogramar."}
+CONFIRM_TEMPLATE = "confirm_by_reply"
 _EMAIL_UNSUBSCRIBE = {"en": "Unsubscribe: {url}", "es": "Cancelar suscripción: {url}"}
+#: Every email's footer: her own signed link to the preference page (worker/preference_page).
+_EMAIL_PREFERENCES = {"en": "Choose which notices you get: {url}", "es": "Elija qué avisos recibe: {url}"}
+#: The HELP answer with her preference link: GSM-7 only (no accents) so it stays one 160-character segment; if a
+#: long public URL would not fit, the plain HELP answer (with the support address) is sent instead.
+_SMS_HELP_WITH_LINK = {
+    "en": "Msg&data rates may apply. Reply STOP to opt out. support@partumhealth.com Settings: {url}",
+    "es": "Pueden aplicar tarifas. Responda STOP para salir. support@partumhealth.com Ajustes: {url}",
+}
+SMS_SEGMENT = 160
 
 
 #: The one reply to an SMS keyword (TCPA: a confirmation, no marketing; HELP: who we are and how to stop; an unclear
@@ -105,6 +117,12 @@ _SMS_REPLIES: dict[tuple[str, str], str] = {
     "questions: please use the app.",
     ("clarify", "es"): "¿Desea dejar de recibir nuestros mensajes? Responda STOP para confirmar. Este número no "
     "responde preguntas: use la aplicación.",
+    # The answer to C / R (worker/confirm_by_reply.py): no time, place or kind of visit.
+    ("appointment_confirmed", "en"): "Thank you, your appointment is confirmed. Open the app for details.",
+    ("appointment_confirmed", "es"): "Gracias, su cita está confirmada. Abra la aplicación para ver los detalles.",
+    ("appointment_reschedule", "en"): "Thank you, we have your request to reschedule. Open the app for next steps.",
+    ("appointment_reschedule", "es"): "Gracias, recibimos su solicitud para reprogramar. Abra la aplicación para "
+    "ver los pasos siguientes.",
 }
 
 
@@ -116,14 +134,21 @@ def render(
     unsubscribe_url: str | None = None,
     sms_reply: str | None = None,
     template: str | None = None,
+    preference_url: str | None = None,
 ) -> Rendered:
     """Render the text for one message. Unknown locales fall back to English.
 
     ``template`` picks a campaign's marketing copy (:data:`MARKETING_TEMPLATES`) or another text of the category
-    (:data:`VARIANTS`); without one, a category has one text.
+    (:data:`VARIANTS`, e.g. the care-team follow-up); without one, a category has one text, except that an
+    appointment reminder by SMS with ``template = confirm_by_reply`` asks for a C / R answer.
+    ``preference_url`` (her signed preference-page link) goes in every email's footer and in the SMS HELP answer.
     """
     loc = locale if locale in LOCALES else "en"
     if sms_reply is not None:
+        if sms_reply == "help" and preference_url:
+            with_link = f"{BRAND}: {_SMS_HELP_WITH_LINK[loc].format(url=preference_url)}"
+            if len(with_link) <= SMS_SEGMENT:
+                return Rendered(title=BRAND, body=with_link)
         return Rendered(title=BRAND, body=f"{BRAND}: {_SMS_REPLIES[(sms_reply, loc)].removeprefix('Partum Health ')}")
     if category is Category.MARKETING:
         title, body = MARKETING_TEMPLATES[template or DEFAULT_MARKETING_TEMPLATE][loc]
@@ -136,8 +161,12 @@ def render(
         body = f"{BRAND}: {body}"
         if category is Category.MARKETING:
             body = f"{body} {_SMS_STOP[loc]}"
+        elif category is Category.APPOINTMENT_REMINDER and template == CONFIRM_TEMPLATE:
+            body = f"{body} {_SMS_CONFIRM[loc]}"
     elif channel is Channel.EMAIL and category is Category.MARKETING:
         if not unsubscribe_url:
             raise ValueError("a marketing email needs an unsubscribe URL")
         body = f"{body}\n\n{_EMAIL_UNSUBSCRIBE[loc].format(url=unsubscribe_url)}"
+    if channel is Channel.EMAIL and preference_url:
+        body = f"{body}\n\n{_EMAIL_PREFERENCES[loc].format(url=preference_url)}"
     return Rendered(title=title, body=body)

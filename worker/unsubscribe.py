@@ -42,11 +42,19 @@ LINK_CATEGORY = Category.MARKETING
 _MAX_ID = 2**63 - 1
 
 
+def mac(key: str, message: bytes) -> bytes:
+    """HMAC-SHA256 under ``CARENOTIFY_SIGNING_KEY``: the one signature every patient link carries.
+
+    Other links (the preference page) sign a message that starts with their own purpose label, which no
+    unsubscribe payload (base64url JSON, always starting ``ey``) can, so a token of one kind never verifies as another.
+    """
+    return hmac.new(key.encode(), message, hashlib.sha256).digest()
+
+
 def sign_payload(key: str, data: object) -> str:
     """``<base64url JSON>.<base64url HMAC-SHA256>`` of ``data`` (tests use it to forge-with-the-key)."""
     payload = _b64(json.dumps(data, separators=(",", ":")).encode())
-    signature = _b64(hmac.new(key.encode(), payload.encode(), hashlib.sha256).digest())
-    return f"{payload}.{signature}"
+    return f"{payload}.{_b64(mac(key, payload.encode()))}"
 
 
 def make_token(key: str, *, patient_id: int, now: datetime, ttl: timedelta = DEFAULT_TTL) -> str:
@@ -69,7 +77,7 @@ def read_token(key: str, token: str, now: datetime) -> tuple[int, Channel, Categ
     """
     try:
         payload, signature = token.split(".", 1)
-        expected = _b64(hmac.new(key.encode(), payload.encode(), hashlib.sha256).digest())
+        expected = _b64(mac(key, payload.encode()))
         if not hmac.compare_digest(expected, signature):
             raise InvalidInput("token", "signature does not match")
         data = json.loads(_unb64(payload))

@@ -6,7 +6,7 @@ Two partial indexes: the patient's head notices (the digest's lookup at submit t
 waiting for a follow-up (the scheduler's scan), so neither lookup reads rows that cannot matter.
 
 Revision ID: 0050
-Revises: 0040
+Revises: 0045
 Create Date: 2026-11-28 15:40:00.000000
 """
 
@@ -19,7 +19,7 @@ from alembic import op
 import worker.db
 
 revision: str = "0050"
-down_revision: str | Sequence[str] | None = "0040"
+down_revision: str | Sequence[str] | None = "0045"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

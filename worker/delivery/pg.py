@@ -11,14 +11,18 @@ pure functions as on the portable path turn them into the decision's inputs (:mo
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from functools import cache
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import configure_mappers
+from sqlalchemy.orm.instrumentation import manager_of_class
+from sqlmodel import SQLModel
 
-from worker import appointments, campaigns, surveys
+from worker import appointments, campaigns, care_pause, surveys
 from worker.caps import CAPPED_HEALTH_TEXTS, Counts, counts_from
 from worker.categories import Category
 from worker.consent import consent_from
@@ -26,16 +30,22 @@ from worker.db import pyformat, run_raw
 from worker.models import Device, Notification, Patient, Preference
 from worker.states import CLAIMABLE, TERMINAL, State
 
+M = TypeVar("M", bound=SQLModel)
 _CAPPED = tuple(c.value for c in (Category.MARKETING, *CAPPED_HEALTH_TEXTS))
 _NOTIFICATION_COLUMNS = (
     "id, patient_id, category, channels, context, idempotency_key, state, reason, not_before, expires_at, "
     "attempt_count, enqueued_at, lease_until, claimed_by, created_at, updated_at, finished_at, campaign_id"
 )
+_NOTIFICATION_FIELDS = tuple(_NOTIFICATION_COLUMNS.split(", "))
 
-CLAIM_AND_READ = pyformat(
-    f"""
+
+def _claim_and_read(rows: str) -> str:
+    """The claim-and-read statement for the rows ``rows`` (a condition on ``notification``) picks: one text for a
+    batch and for a single row, so a fact added here is read by both."""
+    return pyformat(
+        f"""
 WITH observed AS (
-    SELECT id, state, not_before FROM notification WHERE id = ANY(CAST(:ids AS bigint[])) ORDER BY id FOR UPDATE
+    SELECT id, state, not_before FROM notification WHERE {rows} ORDER BY id FOR UPDATE
 ), claimed AS (
     UPDATE notification n
        SET state = 'sending', lease_until = :lease_until, claimed_by = :holder,
@@ -75,7 +85,9 @@ SELECT o.id AS observed_id, o.state AS observed_state, o.not_before AS observed_
        END AS capped_sends,
        ap.status AS appointment_status, ap.version AS appointment_version, ap.starts_at AS appointment_starts_at,
        sv.id IS NOT NULL AS survey_found, sv.completed_at AS survey_completed_at,
-       cp.state AS campaign_state
+       cp.state AS campaign_state, sv.on_care_pause AS survey_on_care_pause,
+       pz.paused AS pause_paused, pz.reason_code AS pause_reason_code, pz.until AS pause_until,
+       pz.hold_appointment_reminders AS pause_holds_appointments, pz.at AS pause_at
   FROM observed o
   LEFT JOIN claimed c ON c.id = o.id
   LEFT JOIN patient p ON p.id = c.patient_id
@@ -84,17 +96,29 @@ SELECT o.id AS observed_id, o.state AS observed_state, o.not_before AS observed_
   LEFT JOIN survey_assignment sv ON json_typeof(c.context -> 'survey_assignment_id') = 'number'
                                 AND sv.id = (c.context ->> 'survey_assignment_id')::bigint
   LEFT JOIN campaign cp ON cp.id = c.campaign_id
+  LEFT JOIN LATERAL (SELECT z.paused, z.reason_code, z.until, z.hold_appointment_reminders, z.at
+                       FROM care_pause_event z WHERE z.patient_id = c.patient_id ORDER BY z.id DESC LIMIT 1) pz ON true
  ORDER BY o.id
 """
-)
+    )
 
-SETTLE = pyformat(
-    f"""
+
+#: A batch's claim. Planned at every run (the array's length is unknown to a generic plan), which 50 rows amortise.
+CLAIM_AND_READ = _claim_and_read("id = ANY(CAST(:ids AS bigint[]))")
+#: One row's claim: a fixed shape, so PostgreSQL plans it once per connection and reuses the plan (a generic plan),
+#: instead of planning it again at every run as it does the array form (planning costs more than running it).
+CLAIM_AND_READ_ONE = _claim_and_read("id = :id")
+
+
+def _settle(rows: str, *, answer: str = "") -> str:
+    """The settle statement for the settlements ``rows`` (a query of id, state, reason, not_before, uncount),
+    optionally with a provider answer written by the same statement (``answer``: a data-modifying CTE). One
+    text for every form, so a rule changed here holds for all."""
+    return pyformat(
+        f"""
 WITH s AS (
-    SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:states AS text[]), CAST(:reasons AS text[]),
-                         CAST(:not_befores AS timestamptz[]), CAST(:uncounts AS int[]))
-           AS t(id, state, reason, not_before, uncount)
-), settled AS (
+    {rows}
+),{answer} settled AS (
     UPDATE notification n
        SET state = s.state, reason = s.reason, updated_at = :now,
            finished_at = CASE WHEN s.state IN {tuple(str(t) for t in TERMINAL)} THEN :now ELSE n.finished_at END,
@@ -112,6 +136,46 @@ INSERT INTO notification_event (notification_id, from_state, to_state, reason, a
 SELECT id, 'sending', state, reason, :now FROM settled
 RETURNING notification_id
 """
+    )
+
+
+_ATTEMPT_COLUMNS = (
+    "notification_id",
+    "channel",
+    "provider",
+    "target",
+    "device_id",
+    "outcome",
+    "provider_ref",
+    "error_code",
+    "detail",
+    "started_at",
+    "duration_ms",
+)
+_ATTEMPT_TYPES = ("bigint", "text", "text", "text", "int", "text", "text", "text", "text", "timestamptz", "int")
+
+#: Many rows' settlements (a batch), as arrays.
+SETTLE = _settle(
+    """SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:states AS text[]), CAST(:reasons AS text[]),
+                         CAST(:not_befores AS timestamptz[]), CAST(:uncounts AS int[]))
+           AS t(id, state, reason, not_before, uncount)"""
+)
+_ONE = (
+    "SELECT CAST(:id AS bigint) AS id, CAST(:state AS text) AS state, CAST(:reason AS text) AS reason, "
+    "CAST(:not_before AS timestamptz) AS not_before, CAST(:uncount AS int) AS uncount"
+)
+#: One row's settlement, as plain values (no arrays to build and take apart).
+SETTLE_ONE = _settle(_ONE)
+#: One row's last provider answer and its settlement in one statement: the answer is written whether or not the
+#: row is still held (it is what the provider knows), and together with the settle, so a delivery costs one round
+#: trip and one commit less than writing them apart, with no wider crash window: the answer was already known.
+RECORD_AND_SETTLE_ONE = _settle(
+    _ONE,
+    answer=f"""
+answer AS (
+    INSERT INTO delivery_attempt ({", ".join(_ATTEMPT_COLUMNS)})
+    VALUES ({", ".join(f"CAST(:a_{c} AS {t})" for c, t in zip(_ATTEMPT_COLUMNS, _ATTEMPT_TYPES, strict=True))})
+),""",
 )
 
 
@@ -145,23 +209,25 @@ class Claimed:
     consent: dict[tuple[str, str | None], bool]
     capped_sends: list[tuple[int, int, str, str, datetime]]
     stale: tuple[str, str] | None
+    pause: care_pause.Pause | None = None
+    survey_on_pause: str | None = None
 
 
 def claim_and_read(
     engine: Engine, notification_ids: Sequence[int], *, now: datetime, lease: timedelta, holder: str
 ) -> tuple[list[Claimed], dict[int, datetime]]:
     """Claim and read in one statement: the rows claimed, and the open rows not due yet (id -> when they are)."""
-    records = run_raw(
-        engine,
-        CLAIM_AND_READ,
-        {
-            "ids": sorted(set(notification_ids)),
-            "now": now,
-            "lease_until": now + lease,
-            "holder": holder,
-            "week_ago": now - timedelta(days=7),
-        },
-    )
+    ids = sorted(set(notification_ids))
+    params: dict[str, Any] = {
+        "now": now,
+        "lease_until": now + lease,
+        "holder": holder,
+        "week_ago": now - timedelta(days=7),
+    }
+    if len(ids) == 1:
+        records = run_raw(engine, CLAIM_AND_READ_ONE, {"id": ids[0], **params})
+    else:
+        records = run_raw(engine, CLAIM_AND_READ, {"ids": ids, **params})
     claimed: list[Claimed] = []
     later: dict[int, datetime] = {}
     for record in records:
@@ -177,41 +243,81 @@ def _parse_instant(value: Any) -> datetime:
     return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
 
 
+def _loaded(model: type[M], values: dict[str, Any]) -> M:
+    """A model instance built as the ORM builds one it loads from the database (no ``__init__``, no validation:
+    the values are the database's), about 25 times cheaper than calling the model; a real, transient instance."""
+    instance: M = manager_of_class(model).new_instance()
+    fixed, factories = _defaults(model)
+    state = instance.__dict__
+    state.update(fixed)
+    for name, factory in factories:
+        state[name] = factory()
+    state.update(values)
+    return instance
+
+
+@cache
+def _defaults(model: type[SQLModel]) -> tuple[dict[str, Any], tuple[tuple[str, Callable[[], Any]], ...]]:
+    """A model's field defaults (what its constructor fills in for a field not given): plain values, and
+    factories called per instance. The first call also finishes setting up the mappers, as a model's constructor
+    or the first query would."""
+    configure_mappers()
+    fixed: dict[str, Any] = {}
+    factories: list[tuple[str, Callable[[], Any]]] = []
+    for name, field in model.model_fields.items():
+        if field.default_factory is not None:
+            factories.append((name, field.default_factory))  # type: ignore[arg-type]
+        elif not field.is_required():
+            fixed[name] = field.default
+    return fixed, tuple(factories)
+
+
 def _claimed(record: Any, now: datetime) -> Claimed:
-    row = Notification(**{column: record[column] for column in _NOTIFICATION_COLUMNS.split(", ")})
+    row = _loaded(Notification, {column: record[column] for column in _NOTIFICATION_FIELDS})
     patient = None
     if record["p_id"] is not None:
-        patient = Patient(
-            id=record["p_id"],
-            external_ref=record["external_ref"],
-            time_zone=record["time_zone"],
-            locale=record["locale"],
-            email=record["email"],
-            phone_e164=record["phone_e164"],
-            us_state=record["us_state"],
-            created_at=record["p_created_at"],
-            updated_at=record["p_updated_at"],
+        patient = _loaded(
+            Patient,
+            {
+                "id": record["p_id"],
+                "external_ref": record["external_ref"],
+                "time_zone": record["time_zone"],
+                "locale": record["locale"],
+                "email": record["email"],
+                "phone_e164": record["phone_e164"],
+                "us_state": record["us_state"],
+                "created_at": record["p_created_at"],
+                "updated_at": record["p_updated_at"],
+            },
         )
     devices = [
-        Device(
-            id=d["id"],
-            patient_id=row.patient_id,
-            platform=d["platform"],
-            token=d["token"],
-            live=d["live"],
-            created_at=_parse_instant(d["created_at"]),
-            last_seen_at=_parse_instant(d["last_seen_at"]),
+        _loaded(
+            Device,
+            {
+                "id": d["id"],
+                "patient_id": row.patient_id,
+                "platform": d["platform"],
+                "token": d["token"],
+                "live": d["live"],
+                "dead_reason": None,
+                "dead_at": None,
+                "created_at": _parse_instant(d["created_at"]),
+                "last_seen_at": _parse_instant(d["last_seen_at"]),
+            },
         )
         for d in record["devices"] or []
     ]
     preferences = [
-        Preference(
-            id=f["id"],
-            patient_id=row.patient_id,
-            category=f["category"],
-            channel=f["channel"],
-            enabled=f["enabled"],
-            updated_at=_parse_instant(f["updated_at"]),
+        _loaded(
+            Preference,
+            {
+                "id": f["id"],
+                "patient_id": row.patient_id,
+                "category": f["category"],
+                "channel": f["channel"],
+                "enabled": f["enabled"],
+                "updated_at": _parse_instant(f["updated_at"]),
+            },
         )
         for f in record["preferences"] or []
     ]
@@ -240,6 +346,14 @@ def _claimed(record: Any, now: datetime) -> Claimed:
         consent=consent_from((c[0], c[1], bool(c[2])) for c in record["consent"] or []),
         capped_sends=capped,
         stale=stale,
+        pause=care_pause.pause_from_columns(
+            record["pause_paused"],
+            record["pause_reason_code"],
+            record["pause_until"],
+            record["pause_holds_appointments"],
+            record["pause_at"],
+        ),
+        survey_on_pause=record["survey_on_care_pause"],
     )
 
 
@@ -256,11 +370,42 @@ class Settlement:
     uncount: bool = False
 
 
-def settle(engine: Engine, settlements: Sequence[Settlement], *, now: datetime, holder: str) -> set[int]:
-    """Settle many rows this worker still holds in one statement; returns the ids it settled (a row it no
-    longer holds is left to whoever does: see ``send._apply``)."""
+def settle(
+    engine: Engine,
+    settlements: Sequence[Settlement],
+    *,
+    now: datetime,
+    holder: str,
+    answer: Mapping[str, Any] | None = None,
+) -> set[int]:
+    """Settle rows this worker still holds in one statement; returns the ids it settled (a row it no longer holds
+    is left to whoever does: see ``send._apply``). ``answer`` (a ``delivery_attempt`` row as column -> value, for
+    a single settlement) is written by the same statement, held or not."""
     if not settlements:
+        if answer is not None:
+            record(engine, [answer])
         return set()
+    if len(settlements) == 1:
+        one = settlements[0]
+        params: dict[str, Any] = {
+            "id": one.notification_id,
+            "state": one.state.value,
+            "reason": one.reason[:500] if one.reason else None,
+            "not_before": one.not_before,
+            "uncount": 1 if one.uncount else 0,
+            "now": now,
+            "holder": holder,
+        }
+        if answer is None:
+            written = run_raw(engine, SETTLE_ONE, params)
+        else:
+            if answer["notification_id"] != one.notification_id:
+                raise ValueError("an answer is settled with its own row only")
+            params.update({f"a_{column}": answer[column] for column in _ATTEMPT_COLUMNS})
+            written = run_raw(engine, RECORD_AND_SETTLE_ONE, params)
+        return {int(r["notification_id"]) for r in written}
+    if answer is not None:
+        raise ValueError("an answer is settled with a single row only")
     written = run_raw(
         engine,
         SETTLE,

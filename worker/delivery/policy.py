@@ -12,6 +12,7 @@ from datetime import datetime, time
 from zoneinfo import ZoneInfo
 
 from worker.caps import Counts, capped
+from worker.care_pause import Hold, Pause, hold
 from worker.categories import RULES, Category, Channel
 from worker.models import Device, Notification, Patient, Preference
 from worker.quiet_hours import allowed_window, next_allowed_instant
@@ -19,7 +20,7 @@ from worker.quiet_hours import allowed_window, next_allowed_instant
 
 @dataclass(frozen=True)
 class Decision:
-    """Exactly one of: suppress (with reason), expire, defer (until), or send on ``channels`` in order."""
+    """Exactly one of: suppress (with reason), expire, cancel, defer (until), or send on ``channels`` in order."""
 
     channels: tuple[Channel, ...] = ()
     suppress: str | None = None
@@ -29,6 +30,9 @@ class Decision:
     #: Stop at the first channel that reaches the patient (push, then SMS).
     fallback: bool = False
     notes: tuple[str, ...] = field(default=())
+    cancel: str | None = None
+    #: A wait that is not an attempt (a care pause): the claim's attempt is handed back.
+    uncount: bool = False
 
 
 def requested_channels(notification: Notification) -> tuple[Channel, ...]:
@@ -80,10 +84,22 @@ def decide(
     consent: Mapping[tuple[str, str | None], bool] | None = None,
     quiet_window: tuple[time, time] | None = None,
     counts: Counts | None = None,
+    pause: Pause | None = None,
+    survey_on_pause: str | None = None,
 ) -> Decision:
     """Evaluate every send-time rule, cheapest and most final first."""
     if notification.expires_at is not None and notification.expires_at <= now:
         return Decision(expire=f"expired at {notification.expires_at.isoformat()} before it could be sent")
+    held = hold(
+        Category(notification.category),
+        pause,
+        now,
+        zone=patient.time_zone,
+        expires_at=notification.expires_at,
+        survey_on_pause=survey_on_pause,
+    )
+    if held is not None:
+        return _paused(held)
 
     rule = RULES[notification.category]
     wanted = requested_channels(notification)
@@ -116,6 +132,15 @@ def decide(
             return Decision(suppress="; ".join([*held_back, f"unreachable: {missing}"]))
         return Decision(channels=(), notes=notes + (f"unreachable: {missing}",), fallback=rule.fallback)
     return Decision(channels=usable, fallback=rule.fallback, notes=notes)
+
+
+def _paused(held: Hold) -> Decision:
+    """A care pause's verdict (worker.care_pause.rules) as a decision."""
+    if held.action == "suppress":
+        return Decision(suppress=held.reason)
+    if held.action == "cancel":
+        return Decision(cancel=held.reason)
+    return Decision(defer_until=held.until, defer_reason=held.reason, uncount=True)
 
 
 def _held_back(

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from integrations.base import NOT_SENT, OutboundMessage, Outcome, Provider, SendResult
-from worker import appointments, campaigns, surveys
+from worker import appointments, campaigns, care_pause, surveys
 from worker.caps import Counts, recent_counts_of
 from worker.categories import Category, Channel
 from worker.clock import Clock
@@ -73,6 +73,9 @@ class DeliveryDeps:
     rate_limits: ProviderRateLimits | None = None
     #: patient id -> signed unsubscribe URL; ``None`` when no signing key is configured.
     unsubscribe_url: Callable[[int], str] | None = None
+    #: patient id -> signed link to her preference page (every email footer, the SMS HELP answer); ``None`` when no
+    #: signing key is configured.
+    preference_url: Callable[[int], str] | None = None
 
 
 @dataclass(frozen=True)
@@ -138,13 +141,16 @@ def deliver(deps: DeliveryDeps, notification_id: int) -> Report:
             return Report(notification_id, None, NOT_CLAIMABLE)
         row, facts = claimed, None
     leases.hold([notification_id])
+    # On PostgreSQL the last answer rides on the settle: one statement, one round trip and one commit less.
+    answers = Answers(deps, with_settle=_on_postgresql(deps))
     try:
         if facts is None:
             facts = _load_facts(deps, [row])[id_of(row)]
-        return _deliver_claimed(deps, row, facts, partial(_settle, deps))
+        return _deliver_claimed(deps, row, facts, partial(_settle, deps, answers=answers), answers)
     except AnswerNotRecorded:
         raise
     except Exception as exc:
+        answers.write_held()  # what a provider took is written down before the row is handed back
         _release_after_error(deps, notification_id, exc)
         raise
     finally:
@@ -185,6 +191,8 @@ def _claim_and_read_many(
                 consent=got.consent,
                 counts=pg.counts(got, now),
                 stale=got.stale,
+                pause=got.pause,
+                survey_on_pause=got.survey_on_pause,
             ),
         )
         for got in claimed
@@ -209,6 +217,9 @@ class _Facts:
     consent: ConsentState
     counts: Counts
     stale: tuple[str, str] | None
+    #: Her latest care-pause ledger entry, and (a survey notice) what its survey does while she is paused.
+    pause: care_pause.Pause | None = None
+    survey_on_pause: str | None = None
 
 
 def _load_facts(deps: DeliveryDeps, rows: Sequence[Notification]) -> dict[int, _Facts]:
@@ -242,6 +253,8 @@ def _load_facts(deps: DeliveryDeps, rows: Sequence[Notification]) -> dict[int, _
             )
             for row in rows
         }
+        pauses = care_pause.latest_pauses(session, patient_ids)
+        on_pause = {id_of(row): surveys.on_care_pause(session, row.context) for row in rows}
         session.expunge_all()
     return {
         id_of(row): _Facts(
@@ -252,19 +265,25 @@ def _load_facts(deps: DeliveryDeps, rows: Sequence[Notification]) -> dict[int, _
             consent=consent[row.patient_id],
             counts=counts[row.patient_id],
             stale=stale[id_of(row)],
+            pause=pauses.get(row.patient_id),
+            survey_on_pause=on_pause[id_of(row)],
         )
         for row in rows
     }
 
 
-def _deliver_claimed(deps: DeliveryDeps, row: Notification, facts: _Facts, settle: Settle) -> Report:
+def _deliver_claimed(
+    deps: DeliveryDeps, row: Notification, facts: _Facts, settle: Settle, answers: Answers | None = None
+) -> Report:
+    """Decide, send and settle a claimed row; ``answers`` writes its provider answers (by default each at once)."""
     decided = _decide_claimed(deps, row, facts, settle)
     if isinstance(decided, Report):
         return decided
     assert facts.patient is not None
+    answers = answers if answers is not None else Answers(deps)
     outcomes: list[_ChannelResult] = []
     for channel in decided.channels:
-        result = _send_channel(deps, row, facts.patient, facts.devices, channel, facts.accepted_before)
+        result = _send_channel(deps, row, facts.patient, facts.devices, channel, facts.accepted_before, answers)
         outcomes.append(result)
         if decided.fallback and (result.reached() or result.waiting()):
             break
@@ -289,13 +308,19 @@ def _decide_claimed(deps: DeliveryDeps, row: Notification, facts: _Facts, settle
         consent=facts.consent,
         quiet_window=deps.quiet_window,
         counts=facts.counts,
+        pause=facts.pause,
+        survey_on_pause=facts.survey_on_pause,
     )
     if decision.expire:
         return settle(row.id, State.EXPIRED, decision.expire)
     if decision.suppress:
         return settle(row.id, State.SUPPRESSED, decision.suppress)
+    if decision.cancel:
+        return settle(row.id, State.CANCELLED, decision.cancel)
     if decision.defer_until is not None:
-        return settle(row.id, State.DEFERRED, decision.defer_reason, not_before=decision.defer_until)
+        return settle(
+            row.id, State.DEFERRED, decision.defer_reason, not_before=decision.defer_until, uncount=decision.uncount
+        )
     return decision
 
 
@@ -318,11 +343,12 @@ def _send_channel(
     devices: Sequence[Device],
     channel: Channel,
     accepted_before: set[str],
+    answers: Answers,
 ) -> _ChannelResult:
     out, planned = _plan_channel(deps, row, patient, devices, channel, accepted_before)
     providers = deps.providers.get(channel) or ()
     for target, message in planned:
-        out.add(*_send_with_failover(deps, row, channel, providers, target, message))
+        out.add(*_send_with_failover(deps, row, channel, providers, target, message, answers))
     return out
 
 
@@ -349,6 +375,9 @@ def _plan_channel(
             )
             return out, []
         unsubscribe = data["unsubscribe_url"] = deps.unsubscribe_url(row.patient_id)
+    preferences = _preference_link(deps, row, channel)
+    if preferences is not None and channel is Channel.EMAIL:
+        data["preferences_url"] = preferences  # a bulk email substitutes it per recipient (integrations/sendgrid.py)
     text = render(
         Category(row.category),
         channel,
@@ -356,6 +385,7 @@ def _plan_channel(
         unsubscribe_url=unsubscribe,
         sms_reply=str(row.context.get("sms_reply") or "") or None,
         template=str(row.context.get("template") or "") or None,
+        preference_url=preferences,
     )
     planned: list[tuple[_Target, OutboundMessage]] = []
     for target in _targets(channel, patient, devices):
@@ -378,6 +408,15 @@ def _plan_channel(
     return out, planned
 
 
+def _preference_link(deps: DeliveryDeps, row: Notification, channel: Channel) -> str | None:
+    """Her preference-page link, where a text carries one: every email, and the SMS answer to HELP."""
+    if deps.preference_url is None:
+        return None
+    if channel is Channel.EMAIL or (channel is Channel.SMS and row.context.get("sms_reply") == "help"):
+        return deps.preference_url(row.patient_id)
+    return None
+
+
 def _send_with_failover(
     deps: DeliveryDeps,
     row: Notification,
@@ -385,6 +424,7 @@ def _send_with_failover(
     providers: Sequence[Provider],
     target: _Target,
     message: OutboundMessage,
+    answers: Answers,
 ) -> tuple[str, SendResult]:
     """Try the channel's providers in order; move to the next on a transient failure or an open circuit."""
     candidates = [p for p in providers if _supports(p, target.platform)]
@@ -399,16 +439,17 @@ def _send_with_failover(
             grant = deps.rate_limits.reserve(provider.name, 1) if deps.rate_limits is not None else None
             if grant is not None and grant.granted < 1:
                 result = SendResult(outcome=Outcome.RETRY, error_code=RATE_LIMITED, retry_after=max(grant.wait, 0.05))
-                _record_attempt(deps, Answer(row, channel, provider.name, target, result, started, 0))
+                answers.add(Answer(row, channel, provider.name, target, result, started, 0))
                 last = (provider.name, result)
                 continue
+            answers.write_held()  # every answer known so far is written before the next call goes out
             t0 = time.perf_counter()
             result = provider.send(message=message)
             elapsed_ms = int((time.perf_counter() - t0) * 1000)
             if breakers is not None:
                 _judge(breakers, provider.name, result)
                 settled = True
-            _record_attempt(deps, Answer(row, channel, provider.name, target, result, started, elapsed_ms))
+            answers.add(Answer(row, channel, provider.name, target, result, started, elapsed_ms))
             last = (provider.name, result)
             if result.outcome in (Outcome.RETRY, Outcome.CONFIG_ERROR):
                 continue
@@ -430,7 +471,7 @@ def _send_with_failover(
         detail=f"every {channel} provider is paused",
         retry_after=max(wait, MIN_PAUSE),
     )
-    _record_attempt(deps, Answer(row, channel, "-", target, paused, deps.clock.now(), 0))
+    answers.add(Answer(row, channel, "-", target, paused, deps.clock.now(), 0))
     return "-", paused
 
 
@@ -462,6 +503,10 @@ def _record_attempt(deps: DeliveryDeps, answer: Answer) -> None:
     """
     write = partial(_write_attempt, deps, answer)
     _durably(deps, [id_of(answer.row)], write, lambda _: write)
+    _log_attempt(answer)
+
+
+def _log_attempt(answer: Answer) -> None:
     log.info(
         "delivery.attempt",
         notification_id=answer.row.id,
@@ -515,6 +560,40 @@ def record_answers(deps: DeliveryDeps, answers: Sequence[Answer]) -> None:
     _durably(deps, sorted({a.row.id or 0 for a in plain}), write_plain(plain), one)
     for answer in telling:
         _record_attempt(deps, answer)
+
+
+#: Answers that tell something besides the call's outcome (an opt-out, a dead token): written on their own.
+_TELLING = frozenset({Outcome.OPTED_OUT, Outcome.TOKEN_DEAD})
+
+
+class Answers:
+    """Writes one delivery's provider answers down, each before the next provider call goes out, so a crash loses
+    at most the send in flight. With ``with_settle`` (PostgreSQL, one notification) the last answer is held for the
+    settle, which writes it in the same statement (:data:`worker.delivery.pg.RECORD_AND_SETTLE_ONE`): it is known
+    either way before the row is settled, and costs no round trip of its own. One delivery, one thread."""
+
+    def __init__(self, deps: DeliveryDeps, *, with_settle: bool = False) -> None:
+        self._deps = deps
+        self._with_settle = with_settle
+        self._held: Answer | None = None
+
+    def add(self, answer: Answer) -> None:
+        self.write_held()
+        if self._with_settle and answer.result.outcome not in _TELLING:
+            self._held = answer
+            return
+        _record_attempt(self._deps, answer)
+
+    def write_held(self) -> None:
+        """Write the held answer now (a provider call is about to go out, or the delivery ends without a settle)."""
+        held, self._held = self._held, None
+        if held is not None:
+            _record_attempt(self._deps, held)
+
+    def take(self) -> Answer | None:
+        """The held answer, for the settle to write."""
+        held, self._held = self._held, None
+        return held
 
 
 @dataclass(frozen=True)
@@ -670,18 +749,29 @@ def _settle(
     retry_in: float | None = None,
     uncount: bool = False,
     throttled: bool = False,
+    answers: Answers | None = None,
 ) -> Report:
     settlement = _Settlement(notification_id, state, reason, not_before, retry_in, uncount, throttled)
-    if not _write_settlements(deps, [settlement]):
+    answer = answers.take() if answers is not None else None
+    if not _write_settlements(deps, [settlement], answer=answer):
         log.warning("notification.claim_lost", notification_id=notification_id)
         return Report(notification_id, None, NO_LONGER_HELD)
     return settlement.report()
 
 
-def _write_settlements(deps: DeliveryDeps, settlements: Sequence[_Settlement]) -> set[int]:
+def _write_settlements(
+    deps: DeliveryDeps, settlements: Sequence[_Settlement], *, answer: Answer | None = None
+) -> set[int]:
     """Settle rows this worker still holds, in one statement on PostgreSQL or one transaction elsewhere; returns
-    the ids settled. A row it no longer holds is left alone (see :func:`_apply`)."""
+    the ids settled. A row it no longer holds is left alone (see :func:`_apply`).
+
+    ``answer`` (one settlement's last provider answer) is written by the same statement on PostgreSQL. If the
+    database will not take it, the answer is parked like any other (:func:`_durably`) and
+    :class:`AnswerNotRecorded` stops the row, which stays held: never sent twice."""
     holder = deps.leases.holder
+    if answer is not None and not _on_postgresql(deps):
+        _record_attempt(deps, answer)
+        answer = None
 
     def write() -> set[int]:
         now = deps.clock.now()
@@ -691,6 +781,7 @@ def _write_settlements(deps: DeliveryDeps, settlements: Sequence[_Settlement]) -
                 [pg.Settlement(s.notification_id, s.state, s.reason, s.not_before, s.uncount) for s in settlements],
                 now=now,
                 holder=holder,
+                answer=answer.values() if answer is not None else None,
             )
         done: set[int] = set()
         with session_scope(deps.engine) as session:
@@ -702,7 +793,18 @@ def _write_settlements(deps: DeliveryDeps, settlements: Sequence[_Settlement]) -
                     done.add(settlement.notification_id)
         return done
 
-    done = retry_transient(write, seconds=deps.settings.record_retry_seconds)
+    try:
+        done = retry_transient(write, seconds=deps.settings.record_retry_seconds)
+    except Exception as exc:
+        if answer is None:
+            raise
+        if is_transient(exc):  # retried long enough: park the answer; the row stays held until it is written
+            deps.leases.park(id_of(answer.row), partial(_write_attempt, deps, answer))
+            raise AnswerNotRecorded("a provider answer parked until the database is back") from exc
+        _record_attempt(deps, answer)  # the settle failed for another reason: the answer still goes down first
+        raise
+    if answer is not None:
+        _log_attempt(answer)
     for settlement in settlements:
         if settlement.notification_id in done:
             log.info("notification.settled", notification_id=settlement.notification_id, state=str(settlement.state))

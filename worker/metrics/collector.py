@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 from worker.bootstrap import App
 from worker.broker import queue_depths
 from worker.metrics.rollup import open_counts, read_counts, short_plans
+from worker.outbound.metrics import WebhookCollector
 
 NOTIFICATIONS_HELP = (
     "Notifications by state, category and the provider of their last attempt ('none' if never sent). "
@@ -72,4 +73,5 @@ def build_registry(app: App) -> CollectorRegistry:
     """A registry of this app's own (not prometheus-client's process-global one)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DatabaseCollector(app))
+    registry.register(WebhookCollector(app.engine, app.clock))
     return registry

@@ -22,8 +22,9 @@ tick folds in up to it; until then it waits (``metrics.barrier_wait_seconds``) o
 SQLite has one writer at a time, so its highest committed id is always a barrier; its logs use AUTOINCREMENT
 (migration 0025) so that an id, once counted, is never handed out again after an erasure deleted it.
 
-Erasure deletes a patient's notifications with their logs. It takes the cursor's lock and subtracts exactly what
-the rollup had counted for them (``f`` at the current marks, and their counted attempts), so the metrics keep
+Erasure deletes a patient's notifications with their logs (and retention old terminal ones: see
+:func:`forget_notifications`). It takes the cursor's lock and subtracts exactly what the rollup had counted for
+them (``f`` at the current marks, and their counted attempts), so the metrics keep
 equalling a count of what the database holds, as they did when every scrape counted the table.
 """
 
@@ -159,8 +160,16 @@ def settled_changes(conn: Connection, old: Marks, new: Marks, ids: Sequence[int]
     return delta
 
 
-def call_counts(conn: Connection, after: int, upto: int, *, patient_id: int | None = None) -> Counter[CallKey]:
-    """Delivery attempts with ``after < id <= upto`` (of one patient's notifications, if given), grouped."""
+def call_counts(
+    conn: Connection,
+    after: int,
+    upto: int,
+    *,
+    patient_id: int | None = None,
+    notification_ids: Sequence[int] | None = None,
+) -> Counter[CallKey]:
+    """Delivery attempts with ``after < id <= upto`` (of one patient's notifications, or of ``notification_ids``,
+    if given), grouped."""
     query = (
         select(
             col(Notification.category),
@@ -174,6 +183,8 @@ def call_counts(conn: Connection, after: int, upto: int, *, patient_id: int | No
     )
     if patient_id is not None:
         query = query.where(col(Notification.patient_id) == patient_id)
+    if notification_ids is not None:
+        query = query.where(col(DeliveryAttempt.notification_id).in_(list(notification_ids)))
     rows = conn.execute(
         query.group_by(
             col(Notification.category),
@@ -426,6 +437,20 @@ def forget_patient(conn: Connection, patient_id: int) -> None:
     mine = col(Notification.patient_id) == patient_id
     _add(conn, NotificationCount, _negated(settled_counts(conn, marks, mine)))
     _add(conn, ProviderCallCount, _negated(call_counts(conn, 0, marks.attempt, patient_id=patient_id)))
+
+
+def forget_notifications(conn: Connection, notification_ids: Sequence[int]) -> None:
+    """Retention, in its transaction and before the delete: take back what the rollup counted for these
+    notifications (as :func:`forget_patient` does for an erased patient), so the metrics keep counting what the
+    database holds. Waits for a tick in progress (the cursor's lock)."""
+    row = _lock_cursor(conn, skip_locked=False)
+    assert row is not None
+    marks = _marks(row)
+    if marks == Marks(0, 0) or not notification_ids:
+        return
+    ids = list(notification_ids)
+    _add(conn, NotificationCount, _negated(settled_counts(conn, marks, col(Notification.id).in_(ids))))
+    _add(conn, ProviderCallCount, _negated(call_counts(conn, 0, marks.attempt, notification_ids=ids)))
 
 
 def read_counts(conn: Connection) -> tuple[list[tuple[StateKey, int]], list[tuple[CallKey, int]]]:

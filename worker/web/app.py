@@ -6,10 +6,13 @@ from fastapi import FastAPI
 
 from worker.bootstrap import App
 from worker.web import (
+    routes_activity,
     routes_campaigns,
+    routes_care_pause,
     routes_care_team,
     routes_notifications,
     routes_ops,
+    routes_outbound,
     routes_patients,
     routes_preferences,
     routes_scheduling,
@@ -18,9 +21,11 @@ from worker.web import (
 )
 from worker.web.access_log import AccessLogMiddleware
 from worker.web.body_limit import BodyLimitMiddleware
+from worker.web.console import install_console
 from worker.web.docs import install_docs
 from worker.web.errors import install_error_handlers
 from worker.web.idempotency import IdempotencyMiddleware
+from worker.web.preference_page.routes import router as preference_page_router
 
 #: Provider callbacks get their own (larger) body limit: SendGrid batches events.
 WEBHOOK_PREFIX = "/webhooks/"
@@ -59,6 +64,11 @@ def create_web_app(app: App) -> FastAPI:
         routes_unsubscribe.router,
         routes_webhooks.router,
         routes_care_team.router,
+        preference_page_router,
+        routes_activity.router,
+        routes_care_pause.router,
+        routes_outbound.router,
     ):
         web.include_router(router)
+    install_console(web)  # the operators' pages at /console (sessions, not API keys)
     return web

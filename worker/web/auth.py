@@ -54,13 +54,16 @@ class Scope(StrEnum):
     ERASE = "erase"
     #: Read any notification's status, any campaign's figures and any patient's preferences.
     READ = "read"
-    #: Reserved for the operators' web console (not yet built); no API route accepts it.
+    #: Sign in to the operators' web console (``/console``, :mod:`worker.web.console`); no API route accepts it.
     CONSOLE = "console"
+    #: Register, list, disable, enable and remove outbound-webhook endpoints; replay their events.
+    WEBHOOKS = "webhooks"
 
 
-#: Every scope an API route checks: what a client created before scopes existed had (migration 0040), and the
-#: default of :func:`create_api_key`. ``console`` is never implied: it must be granted by name.
-API_SCOPES: frozenset[Scope] = frozenset(Scope) - {Scope.CONSOLE}
+#: The scopes of the patient-facing API: what a client created before scopes existed had (migration 0040), and the
+#: default of :func:`create_api_key`. ``console`` and ``webhooks`` are never implied: they must be granted by name
+#: (an outbound-webhook endpoint hears about every patient, so registering one is an operator's decision).
+API_SCOPES: frozenset[Scope] = frozenset(Scope) - {Scope.CONSOLE, Scope.WEBHOOKS}
 
 
 @dataclass(frozen=True)
@@ -293,6 +296,8 @@ CampaignReader = Annotated[Caller, Depends(require_scope(Scope.CAMPAIGNS, Scope.
 Eraser = Annotated[Caller, Depends(require_scope(Scope.ERASE))]
 #: A caller that may read any notification's status.
 Reader = Annotated[Caller, Depends(require_scope(Scope.READ))]
+
+WebhookAdmin = Annotated[Caller, Depends(require_scope(Scope.WEBHOOKS))]
 
 #: The OpenAPI description of a 403, for the routes' ``responses``.
 FORBIDDEN: dict[int | str, dict[str, Any]] = {

@@ -6,7 +6,7 @@ is stored under (client, key). The same key again with the same method, path and
 running, 409. A request that failed (4xx/5xx) changed nothing, so its key is released for a corrected retry.
 
 Keys live ``web.idempotency_key_hours`` (24 h): after that the key is new again, whatever it answered (the
-scheduler's ``web_retention`` job deletes the rows). A key still in progress after
+scheduler's ``retention`` job deletes the rows). A key still in progress after
 ``web.idempotency_in_progress_seconds`` belongs to a request that died mid-way (a killed process, a lost
 connection to the database): the same request again takes it over instead of getting 409 for ever. Taking over
 replaces the row (a new id), so the old request, should it still be alive after all, can neither store its

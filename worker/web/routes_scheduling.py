@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 
 from worker.appointments import cancel_appointment, create_appointment, reschedule_appointment
+from worker.confirm_by_reply import list_type_settings, set_type_setting
 from worker.errors import InvalidInput
 from worker.patients import patient_id_for
 from worker.surveys import assign_survey, complete_survey
@@ -19,6 +20,8 @@ from worker.web.schemas import (
     REF_PATTERN,
     AppointmentIn,
     AppointmentOut,
+    AppointmentTypeIn,
+    AppointmentTypeOut,
     RescheduleIn,
     SurveyIn,
     SurveyOut,
@@ -57,8 +60,30 @@ def create(body: AppointmentIn, app: AppDep, caller: Notifier) -> AppointmentOut
             patient_id=patient_id,
             external_ref=body.appointment_ref,
             starts_at=body.starts_at,
+            appointment_type=body.appointment_type,
         )
     return AppointmentOut(appointment_id=appointment_id, appointment_ref=body.appointment_ref)
+
+
+TypePath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+
+
+@router.put("/appointment-types/{appointment_type}")
+def set_type(appointment_type: TypePath, body: AppointmentTypeIn, app: AppDep, caller: Notifier) -> AppointmentTypeOut:
+    """Turn confirm by reply on or off for a kind of visit; reminders planned from now on follow it."""
+    row = set_type_setting(
+        app.engine,
+        app.clock,
+        appointment_type=appointment_type,
+        confirm_by_reply=body.confirm_by_reply,
+        remind_after_confirmation=body.remind_after_confirmation,
+    )
+    return AppointmentTypeOut(**row.model_dump(exclude={"updated_at"}))
+
+
+@router.get("/appointment-types")
+def list_types(app: AppDep, caller: Notifier) -> list[AppointmentTypeOut]:
+    return [AppointmentTypeOut(**row.model_dump(exclude={"updated_at"})) for row in list_type_settings(app.engine)]
 
 
 @router.post("/appointments/{appointment_ref}/reschedule", responses={409: {"model": ErrorBody}})
@@ -94,6 +119,7 @@ def assign(body: SurveyIn, app: AppDep, caller: Notifier) -> SurveyOut:
             first_send_at=body.first_send_at,
             reminders=body.reminders,
             interval_days=body.interval_days,
+            on_care_pause=body.on_care_pause,
         )
     return SurveyOut(survey_assignment_id=assignment_id, assignment_ref=body.assignment_ref)
 

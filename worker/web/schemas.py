@@ -157,12 +157,32 @@ Instant = Annotated[AwareDatetime, AfterValidator(_plausible)]
 SurveyKey = Annotated[str, StringConstraints(pattern=r"^[!-~]{1,64}$")]
 
 
+#: A kind of visit, e.g. postpartum-visit (a name the platform chooses; never a diagnosis).
+AppointmentType = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+
+
 class AppointmentIn(Strict):
     """An appointment as the platform knows it; reminders are planned from ``starts_at`` (e.g. 24 h, 2 h before)."""
 
     appointment_ref: Ref
     patient_ref: Ref
     starts_at: Instant = Field(description="With a UTC offset, e.g. 2026-03-10T15:30:00-05:00")
+    appointment_type: AppointmentType | None = Field(
+        default=None, description="The platform's name for the kind of visit (confirm by reply is set per type)"
+    )
+
+
+class AppointmentTypeIn(Strict):
+    """Whether this type's SMS reminders end with "Reply C to confirm, R to reschedule"."""
+
+    confirm_by_reply: bool
+    remind_after_confirmation: bool = Field(True, description="False: no reminder goes once the patient confirmed")
+
+
+class AppointmentTypeOut(BaseModel):
+    appointment_type: str
+    confirm_by_reply: bool
+    remind_after_confirmation: bool
 
 
 class RescheduleIn(Strict):
@@ -183,6 +203,11 @@ class SurveyIn(Strict):
     first_send_at: Instant | None = None
     reminders: int | None = Field(default=None, ge=0, le=10)
     interval_days: int | None = Field(default=None, ge=1, le=60)
+    on_care_pause: Literal["defer", "cancel"] | None = Field(
+        default=None,
+        description="While the patient's care is paused: wait for the pause to end, or cancel "
+        "(default: the deployment's care_pause.survey_default, defer)",
+    )
 
 
 class SurveyOut(BaseModel):

@@ -1,4 +1,5 @@
-"""Expired Idempotency-Keys and webhook receipts are deleted, a small batch per transaction.
+"""Expired Idempotency-Keys and webhook receipts are deleted, a small batch per transaction (they live far less
+than ``retention.days``: their own lifetimes, ``web.idempotency_key_hours`` and ``web.webhook_receipt_hours``).
 
 Both tables only ever grow at their high end: a row's id is drawn when it is written, with its time set just
 before, so ids and times grow together (a key taken over gets a new row, a new id). The oldest rows are
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Engine
 from sqlmodel import col
 
@@ -48,10 +49,11 @@ def _purge_oldest(engine: Engine, model: Any, at: Any, cutoff: datetime, *, batc
     return removed
 
 
-def purge_expired(engine: Engine, clock: Clock, web: WebSettings) -> Purged:
-    """Delete the Idempotency-Keys older than their lifetime and the webhook receipts past theirs."""
+def purge_expired(engine: Engine, clock: Clock, web: WebSettings, *, batch_size: int, limit: int) -> Purged:
+    """Delete the Idempotency-Keys older than their lifetime and the webhook receipts past theirs, at most
+    ``limit`` of each, ``batch_size`` per transaction."""
     now = clock.now()
-    bounds = {"batch_size": web.retention_batch_size, "limit": web.retention_max_per_tick}
+    bounds = {"batch_size": batch_size, "limit": limit}
     return Purged(
         idempotency_keys=_purge_oldest(
             engine,
@@ -68,3 +70,20 @@ def purge_expired(engine: Engine, clock: Clock, web: WebSettings) -> Purged:
             **bounds,
         ),
     )
+
+
+def expired_counts(engine: Engine, clock: Clock, web: WebSettings) -> dict[str, int]:
+    """What :func:`purge_expired` would delete now, per table (``carenotify db purge --dry-run``)."""
+    now = clock.now()
+    with session_scope(engine) as session:
+        keys = session.scalar(
+            select(func.count()).where(
+                col(IdempotencyRecord.created_at) < now - timedelta(hours=web.idempotency_key_hours)
+            )
+        )
+        receipts = session.scalar(
+            select(func.count()).where(
+                col(WebhookReceipt.received_at) < now - timedelta(hours=web.webhook_receipt_hours)
+            )
+        )
+    return {"idempotency_record": int(keys or 0), "webhook_receipt": int(receipts or 0)}
