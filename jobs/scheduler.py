@@ -47,6 +47,11 @@ def purge_webhook_deliveries(app: App) -> int:
     return app.purge_webhooks()
 
 
+def escalate_care_team(app: App) -> int:
+    """Follow-ups for care-team messages still unread after ``care_team.escalate_after`` (FOR UPDATE SKIP LOCKED)."""
+    return app.escalate_care_team()
+
+
 def add_jobs(scheduler: S, app: App) -> S:
     """Register every periodic job. One instance of each at a time; a late run is coalesced, not stacked."""
     cfg = app.settings
@@ -57,6 +62,7 @@ def add_jobs(scheduler: S, app: App) -> S:
         (purge_old_records, cfg.retention.interval_seconds, "retention"),
         (dispatch_webhooks, cfg.webhooks.dispatch_interval_seconds, "webhooks_dispatch"),
         (purge_webhook_deliveries, cfg.webhooks.retention_interval_seconds, "webhooks_retention"),
+        (escalate_care_team, cfg.care_team.escalation_interval_seconds, "care_team_escalation"),
     )
     for job, seconds, job_id in jobs:
         scheduler.add_job(

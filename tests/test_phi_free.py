@@ -146,10 +146,11 @@ def test_no_phi_on_standard_output_from_the_console_sink(make_app, capsys) -> No
 
 @pytest.mark.parametrize("locale", LOCALES)
 def test_every_template_exists_and_sms_fits_one_segment(locale: str) -> None:
-    from worker.templates import MARKETING_TEMPLATES, render
+    from worker.templates import MARKETING_TEMPLATES, VARIANTS, render
 
     variants = [(category, None) for category in Category if category is not Category.MARKETING]
     variants += [(Category.MARKETING, key) for key in MARKETING_TEMPLATES]
+    variants += list(VARIANTS)  # other texts of a category (the care-team follow-up)
     for category, template in variants:
         for channel in Channel:
             text = render(category, channel, locale, unsubscribe_url="https://n.example/u/x", template=template)

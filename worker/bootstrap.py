@@ -22,6 +22,7 @@ from integrations.twilio import TwilioSmsProvider
 from worker.actors import Actors, declare_actors
 from worker.broker import BrokerEpoch, build_broker
 from worker.campaigns import launch_due
+from worker.care_team import digest_rule, escalate_due
 from worker.categories import Channel
 from worker.clock import Clock, SystemClock
 from worker.db import make_engine
@@ -197,7 +198,12 @@ class App:
         """Submit with the default time-to-live: a notice that could not go out in time expires, with a reason."""
         if kwargs.get("expires_at") is None:
             kwargs.setdefault("ttl", timedelta(hours=self.settings.delivery.default_ttl_hours))
+        kwargs.setdefault("digest", digest_rule(self.settings.care_team))  # care-team message notices fold
         return submit(self.engine, self.clock, self.enqueue, stamps=self.stamps, **kwargs)
+
+    def escalate_care_team(self) -> int:
+        """One escalation scan: follow-ups for care-team messages still unread (:mod:`worker.care_team`)."""
+        return escalate_due(self.engine, self.clock, self.enqueue_many, self.settings.care_team).escalated
 
     def relay(self) -> int:
         """One relay tick: queue what is due and has no live broker message (see :mod:`worker.outbox.relay`)."""

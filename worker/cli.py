@@ -252,6 +252,43 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_care_team_read(settings: Settings, args: argparse.Namespace) -> int:
+    """She read a care-team message (as ``POST /v1/care-team-messages/{message_id}/read``)."""
+    from worker.care_team import mark_read
+
+    app = _app(settings)
+    try:
+        receipt = mark_read(app.engine, app.clock, idempotency_key=f"care_team_message:{args.message_id}")
+    except NotFound:
+        print(f"no care-team message notice has message_id {args.message_id}", file=sys.stderr)
+        return 1
+    finally:
+        app.close()
+    print(
+        json.dumps(
+            {
+                "notification_id": receipt.notification_id,
+                "read_at": receipt.read_at.isoformat(),
+                "first": receipt.first,
+                "escalation": receipt.escalation,
+                "escalation_id": receipt.escalation_id,
+            }
+        )
+    )
+    return 0
+
+
+def cmd_care_team_escalate(settings: Settings, args: argparse.Namespace) -> int:
+    """One escalation scan now (the scheduler runs it every ``care_team.escalation_interval_seconds``)."""
+    app = _app(settings)
+    try:
+        made = app.escalate_care_team()
+    finally:
+        app.close()
+    print(json.dumps({"escalated": made}))
+    return 0
+
+
 def cmd_preference_link(settings: Settings, args: argparse.Namespace) -> int:
     """Print a patient's signed link to her preference page (what her emails and the SMS HELP answer carry)."""
     from worker.bootstrap import preference_links
@@ -343,6 +380,14 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--all", action="store_true", help="replay every dead letter")
     replay.set_defaults(func=cmd_dead_letters_replay)
 
+    care = sub.add_parser("care-team", help="care-team message notices: read receipts and follow-ups")
+    care_sub = care.add_subparsers(dest="care_team_command", required=True)
+    read = care_sub.add_parser("read", help="record that she read a message (stops folding and its follow-up)")
+    read.add_argument("message_id", metavar="MESSAGE_ID")
+    read.set_defaults(func=cmd_care_team_read)
+    care_sub.add_parser("escalate", help="make the follow-ups that are due now").set_defaults(
+        func=cmd_care_team_escalate
+    )
     link = sub.add_parser("preference-link", help="print a patient's signed link to her preference page")
     link.add_argument("patient_ref", metavar="REF", help="the platform's patient reference")
     link.set_defaults(func=cmd_preference_link)

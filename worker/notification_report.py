@@ -11,6 +11,7 @@ from sqlmodel import col
 from worker.db import session_scope
 from worker.errors import NotFound
 from worker.models import DeliveryAttempt, Notification, NotificationEvent
+from worker.models_care_team import CareTeamMessage
 
 
 def notification_report(engine: Engine, notification_id: int) -> dict[str, Any]:
@@ -32,6 +33,7 @@ def notification_report(engine: Engine, notification_id: int) -> dict[str, Any]:
             .where(col(DeliveryAttempt.notification_id) == notification_id)
             .order_by(col(DeliveryAttempt.id))
         ).all()
+        care_team = session.get(CareTeamMessage, notification_id)
         return {
             "id": row.id,
             "patient_id": row.patient_id,
@@ -59,4 +61,6 @@ def notification_report(engine: Engine, notification_id: int) -> dict[str, Any]:
                 }
                 for a in attempts
             ],
+            # A care-team message's notice: its digest, read receipt and follow-up (worker/care_team).
+            **({"care_team": care_team.summary()} if care_team is not None else {}),
         }

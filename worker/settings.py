@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from datetime import time
+from datetime import time, timedelta
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -298,6 +298,36 @@ class PatientSettings(BaseModel):
         return value
 
 
+class CareTeamSettings(BaseModel):
+    """Care-team message notices: the digest (one notice for a burst) and the follow-up of an unread message."""
+
+    model_config = {"extra": "forbid"}
+
+    #: A care-team notice within this long of an unread one to the same patient folds into it (0 disables).
+    digest_window: timedelta = timedelta(minutes=10)
+    #: A message still unread this long after its notice gets one follow-up on the next allowed channel.
+    escalate_after: timedelta = timedelta(hours=4)
+    #: The same for a message the care team marked ``urgent: true``.
+    urgent_escalate_after: timedelta = timedelta(minutes=30)
+    #: The scheduler's ``care_team_escalation`` job: how often it looks, and notices per transaction.
+    escalation_interval_seconds: float = Field(30.0, gt=0)
+    escalation_batch_size: int = Field(100, ge=1, le=5000)
+
+    @field_validator("digest_window")
+    @classmethod
+    def _not_negative(cls, value: timedelta) -> timedelta:
+        if value < timedelta(0) or value > timedelta(days=1):
+            raise ValueError("must be between 0 (no digest) and one day")
+        return value
+
+    @field_validator("escalate_after", "urgent_escalate_after")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if not timedelta(minutes=1) <= value <= timedelta(days=7):
+            raise ValueError("must be between one minute and seven days")
+        return value
+
+
 class Settings(BaseSettings):
     """Everything carenotify can be told. See ``settings.toml`` for the defaults and their meaning."""
 
@@ -344,6 +374,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     patients: PatientSettings = Field(default_factory=PatientSettings)
+    care_team: CareTeamSettings = Field(default_factory=CareTeamSettings)
     preference_page: PreferencePageSettings = Field(default_factory=PreferencePageSettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     care_pause: CarePauseSettings = Field(default_factory=CarePauseSettings)

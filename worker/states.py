@@ -16,17 +16,19 @@ class State(StrEnum):
     FAILED = "failed"  # permanently failed or retries exhausted
     EXPIRED = "expired"  # no longer useful (too late)
     CANCELLED = "cancelled"  # withdrawn by its trigger (appointment cancelled, survey completed)
+    FOLDED = "folded"  # a care-team notice joined an unread one sent moments before (the reason names it); never sent
 
 
 TERMINAL: frozenset[State] = frozenset(
-    {State.SENT, State.DELIVERED, State.SUPPRESSED, State.FAILED, State.EXPIRED, State.CANCELLED}
+    {State.SENT, State.DELIVERED, State.SUPPRESSED, State.FAILED, State.EXPIRED, State.CANCELLED, State.FOLDED}
 )
 
 #: States from which a worker may claim the row (compare-and-set to SENDING).
 CLAIMABLE: frozenset[State] = frozenset({State.PENDING, State.DEFERRED, State.RETRYING})
 
 ALLOWED: dict[State, frozenset[State]] = {
-    State.PENDING: frozenset({State.SENDING, State.CANCELLED, State.EXPIRED, State.SUPPRESSED}),
+    # FOLDED: decided at creation (worker/outbox/digest.py), so only ever straight from PENDING.
+    State.PENDING: frozenset({State.SENDING, State.CANCELLED, State.EXPIRED, State.SUPPRESSED, State.FOLDED}),
     State.DEFERRED: frozenset({State.SENDING, State.CANCELLED, State.EXPIRED, State.SUPPRESSED}),
     State.RETRYING: frozenset({State.SENDING, State.CANCELLED, State.EXPIRED, State.FAILED, State.SUPPRESSED}),
     State.SENDING: frozenset(
@@ -50,6 +52,7 @@ ALLOWED: dict[State, frozenset[State]] = {
     State.FAILED: frozenset({State.PENDING}),
     State.EXPIRED: frozenset(),
     State.CANCELLED: frozenset(),
+    State.FOLDED: frozenset(),
 }
 
 

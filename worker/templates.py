@@ -47,6 +47,15 @@ _TEXT: dict[tuple[Category, str], tuple[str, str]] = {
     ),
 }
 
+#: Other texts of a category, chosen by ``context['template']`` (key -> locale -> title, body); as PHI-free as the
+#: rest. ``escalation``: the one follow-up of a care-team message still unread (:mod:`worker.care_team`).
+VARIANTS: dict[tuple[Category, str], dict[str, tuple[str, str]]] = {
+    (Category.CARE_TEAM_MESSAGE, "escalation"): {
+        "en": ("Message waiting", "A message from your care team is still waiting for you in the app."),
+        "es": ("Mensaje pendiente", "Un mensaje de su equipo de atención todavía le espera en la aplicación."),
+    },
+}
+
 #: Campaign templates (key -> locale -> title, body). Reviewed copy, no patient data, chosen by key: a
 #: campaign can never carry free text. ``news`` is the default.
 MARKETING_TEMPLATES: dict[str, dict[str, tuple[str, str]]] = {
@@ -129,8 +138,9 @@ def render(
 ) -> Rendered:
     """Render the text for one message. Unknown locales fall back to English.
 
-    ``template`` picks a campaign's marketing copy (:data:`MARKETING_TEMPLATES`); other categories have one text,
-    except that an appointment reminder by SMS with ``template = confirm_by_reply`` asks for a C / R answer.
+    ``template`` picks a campaign's marketing copy (:data:`MARKETING_TEMPLATES`) or another text of the category
+    (:data:`VARIANTS`, e.g. the care-team follow-up); without one, a category has one text, except that an
+    appointment reminder by SMS with ``template = confirm_by_reply`` asks for a C / R answer.
     ``preference_url`` (her signed preference-page link) goes in every email's footer and in the SMS HELP answer.
     """
     loc = locale if locale in LOCALES else "en"
@@ -142,6 +152,8 @@ def render(
         return Rendered(title=BRAND, body=f"{BRAND}: {_SMS_REPLIES[(sms_reply, loc)].removeprefix('Partum Health ')}")
     if category is Category.MARKETING:
         title, body = MARKETING_TEMPLATES[template or DEFAULT_MARKETING_TEMPLATE][loc]
+    elif template is not None and (category, template) in VARIANTS:
+        title, body = VARIANTS[(category, template)][loc]
     else:
         title, body = _TEXT[(category, loc)]
     if channel is Channel.SMS:

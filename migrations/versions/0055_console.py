@@ -1,7 +1,7 @@
 """operator console sessions; indexes for a patient's activity and for provider health
 
 Revision ID: 0055
-Revises: 0045
+Revises: 0050
 Create Date: 2026-11-25 15:40:00.000000
 """
 
@@ -14,7 +14,7 @@ from alembic import op
 import worker.db
 
 revision: str = "0055"
-down_revision: str | Sequence[str] | None = "0045"
+down_revision: str | Sequence[str] | None = "0050"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

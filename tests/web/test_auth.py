@@ -159,6 +159,13 @@ ROUTES: list[tuple[str, str, str, dict[str, object] | None, frozenset[Scope]]] =
     ("POST", "/v1/surveys/{assignment_ref}/complete", "/v1/surveys/sv-1/complete", None, frozenset({Scope.NOTIFY})),
     (
         "POST",
+        "/v1/care-team-messages/{message_id}/read",
+        "/v1/care-team-messages/m-1/read",
+        None,
+        frozenset({Scope.NOTIFY}),
+    ),
+    (
+        "POST",
         "/v1/campaigns",
         "/v1/campaigns",
         {"name": "Spring", "template": "news", "channels": ["push"]},

@@ -169,6 +169,8 @@ def _quiet_hours(
     if default is None:
         return None
     window = allowed_window(Category(notification.category), patient, default)
+    if window is None and notification.context.get("quiet_hours"):
+        window = default  # a notice that can wait although its category need not (a care-team follow-up)
     if window is None:
         return None
     zone = ZoneInfo(patient.time_zone)

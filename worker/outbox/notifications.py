@@ -19,6 +19,9 @@ from worker.clock import Clock
 from worker.db import pyformat, retry_transient, run_raw, session_scope
 from worker.errors import IllegalTransition, InvalidInput, NotFound
 from worker.models import Notification, NotificationEvent, Patient
+from worker.models_care_team import CareTeamMessage, Escalation
+from worker.outbox import digest as care_digest
+from worker.outbox.digest import DigestRule
 from worker.outbox.stamps import EnqueueStamps
 from worker.states import TERMINAL, State, can_transition
 
@@ -61,6 +64,9 @@ def transition(
 class Submitted:
     notification_id: int
     created: bool  # False when the idempotency key was seen before
+    #: The row is terminal already, so nothing is queued: a care-team notice folded into an unread one at birth
+    #: (:mod:`worker.outbox.digest`), or a known key whose notification has settled.
+    settled: bool = False
 
 
 def submit(
@@ -77,12 +83,14 @@ def submit(
     expires_at: datetime | None = None,
     ttl: timedelta | None = None,
     stamps: EnqueueStamps | None = None,
+    digest: DigestRule | None = None,
 ) -> Submitted:
     """Commit a notification row, then enqueue it (outbox order: nothing is sent that is not stored).
 
     The same idempotency key returns the existing notification instead of a second one. A row whose
     ``not_before`` lies ahead is not enqueued now: the relay queues it when it becomes due. With ``stamps`` the
-    row is marked queued in the background (:mod:`worker.outbox.stamps`), else at once.
+    row is marked queued in the background (:mod:`worker.outbox.stamps`), else at once. With ``digest``, a notice
+    for a care-team message may fold into an unread one instead of being sent (:mod:`worker.outbox.digest`).
     """
     try:
         category = Category(category)
@@ -107,12 +115,16 @@ def submit(
         "not_before": not_before,
         "expires_at": expires_at,
     }
-    found = _insert_pg(engine, now, **fields) if engine.dialect.name == "postgresql" else None
+    rule = digest if digest is not None and care_digest.applies(category, context) else None
+    found = _insert_pg(engine, now, rule, **fields) if engine.dialect.name == "postgresql" else None
     if found is None:
-        found = _insert_portable(engine, now, **fields)
-    notification_id, created = found
+        found = _insert_portable(engine, now, rule, **fields)
+    notification_id, created, state = found
     if not created:
-        return Submitted(notification_id=notification_id, created=False)
+        return Submitted(notification_id=notification_id, created=False, settled=state in TERMINAL)
+    if state is State.FOLDED:
+        log.info("notification.folded", notification_id=notification_id)
+        return Submitted(notification_id=notification_id, created=True, settled=True)
     if due:
         # After the commit: a crash before this line leaves the row unstamped, and the relay queues it.
         enqueue(notification_id)
@@ -138,14 +150,14 @@ WITH created AS (
     INSERT INTO notification_event (notification_id, from_state, to_state, reason, at)
     SELECT id, NULL, 'pending', 'created', :now FROM created
 )
-SELECT id, true AS created FROM created
+SELECT id, true AS created, 'pending' AS state FROM created
 UNION ALL
-SELECT id, false FROM notification WHERE idempotency_key = :idempotency_key
+SELECT id, false, state FROM notification WHERE idempotency_key = :idempotency_key
 """
 )
 
 
-def _insert_pg(engine: Engine, now: datetime, **fields: Any) -> tuple[int, bool] | None:
+def _insert_pg(engine: Engine, now: datetime, rule: DigestRule | None, **fields: Any) -> tuple[int, bool, State] | None:
     """PostgreSQL: the row and its creation event in one statement, in autocommit (one round trip).
 
     ``None`` when it could not tell (no such patient, or a concurrent writer of the same key not yet visible):
@@ -158,32 +170,70 @@ def _insert_pg(engine: Engine, now: datetime, **fields: Any) -> tuple[int, bool]
         "context": Json(fields["context"] or {}),
         "now": now,
     }
+    if rule is not None:
+        values.update(care_digest.pg_params(rule, now, fields["context"]))
 
-    def run() -> tuple[int, bool] | None:
-        rows = run_raw(engine, _SUBMIT_PG, values)
+    def run() -> tuple[int, bool, State] | None:
+        rows = run_raw(engine, _SUBMIT_PG if rule is None else care_digest.SUBMIT_PG, values)
         if not rows:
             return None
         created = [r for r in rows if r["created"]]
-        return (int(created[0]["id"]), True) if created else (int(rows[0]["id"]), False)
+        first = created[0] if created else rows[0]
+        return int(first["id"]), bool(created), State(first["state"])
 
     return retry_transient(run, seconds=10.0)
 
 
-def _insert_portable(engine: Engine, now: datetime, **fields: Any) -> tuple[int, bool]:
+def _insert_portable(engine: Engine, now: datetime, rule: DigestRule | None, **fields: Any) -> tuple[int, bool, State]:
     patient_id, idempotency_key = fields["patient_id"], fields["idempotency_key"]
     with session_scope(engine) as session:
         if session.get(Patient, patient_id) is None:
             raise NotFound(f"patient {patient_id} does not exist")
         try:
             with session.begin_nested():
-                return add_notification(session, now, **fields)
+                notification_id, created = add_notification(session, now, **fields)
+                if created and rule is not None:
+                    _record_care_team(session, notification_id, now, rule, fields["context"])
         except IntegrityError:
             # Lost a race with the same key: the other writer's row stands.
-            other = session.scalars(
-                select(col(Notification.id)).where(col(Notification.idempotency_key) == idempotency_key)
-            ).one()
-            assert other is not None
-            return other, False
+            notification_id, created = _id_of_key(session, idempotency_key), False
+        state = session.scalars(select(col(Notification.state)).where(col(Notification.id) == notification_id)).one()
+        return notification_id, created, State(state)
+
+
+def _id_of_key(session: Session, idempotency_key: str) -> int:
+    found = session.scalars(
+        select(col(Notification.id)).where(col(Notification.idempotency_key) == idempotency_key)
+    ).one()
+    assert found is not None
+    return found
+
+
+def _record_care_team(
+    session: Session, notification_id: int, now: datetime, rule: DigestRule, context: dict[str, Any] | None
+) -> None:
+    """The new notice's ``care_team_message`` record; folded into the patient's unread head notice if any."""
+    row = session.get(Notification, notification_id)
+    assert row is not None
+    urgent = bool((context or {}).get("urgent"))
+    due = rule.escalate_at(now, urgent=urgent)
+    head = care_digest.open_head(session, row.patient_id, now, rule)
+    if head is not None:
+        if head.escalate_at is not None:  # an urgent message brings its head's follow-up forward
+            head.escalate_at = min(head.escalate_at, due)
+            session.add(head)
+        transition(session, row, State.FOLDED, reason=care_digest.fold_reason(head.notification_id, rule), now=now)
+    session.add(
+        CareTeamMessage(
+            notification_id=notification_id,
+            patient_id=row.patient_id,
+            created_at=now,
+            urgent=urgent,
+            digest_of=head.notification_id if head is not None else None,
+            escalate_at=None if head is not None else due,
+            escalation=None if head is not None else Escalation.WAITING,
+        )
+    )
 
 
 def add_notification(
@@ -198,10 +248,12 @@ def add_notification(
     not_before: datetime | None = None,
     expires_at: datetime | None = None,
     enqueued_at: datetime | None = None,
+    created_reason: str = "created",
 ) -> tuple[int, bool]:
     """Insert a PENDING row in the caller's transaction (plans commit atomically with what caused them).
 
-    Returns ``(id, created)``; an existing idempotency key returns the existing row.
+    Returns ``(id, created)``; an existing idempotency key returns the existing row. ``created_reason`` is the
+    creation event's reason (why it was made, when that is more than a trigger: e.g. an escalation).
     """
     existing = session.scalars(
         select(col(Notification.id)).where(col(Notification.idempotency_key) == idempotency_key)
@@ -224,7 +276,9 @@ def add_notification(
     session.add(row)
     session.flush()
     session.add(
-        NotificationEvent(notification_id=id_of(row), from_state=None, to_state=State.PENDING, reason="created", at=now)
+        NotificationEvent(
+            notification_id=id_of(row), from_state=None, to_state=State.PENDING, reason=created_reason[:500], at=now
+        )
     )
     return id_of(row), True
 

@@ -34,7 +34,9 @@ def care_team_message(body: CareTeamMessageIn, app: AppDep, caller: Notifier) ->
     The notice never carries the message: only ``message_id`` (the secure app's opaque id) is accepted, and the
     same ``message_id`` never makes a second notification, whichever client or key sends it (a message exists
     once in the secure app). The same ``message_id`` for another patient is refused (409): it is not the same
-    message, and answering with the first patient's notification would hide that.
+    message, and answering with the first patient's notification would hide that. A notice within
+    ``care_team.digest_window`` of an unread one folds into it (state ``folded``); ``urgent: true`` brings the
+    follow-up of an unread message forward (``care_team.urgent_escalate_after``).
     """
     with not_found_as("patient_ref"):
         patient_id = patient_id_for(app.engine, body.patient_ref)
@@ -43,7 +45,7 @@ def care_team_message(body: CareTeamMessageIn, app: AppDep, caller: Notifier) ->
             category=Category.CARE_TEAM_MESSAGE,
             idempotency_key=care_team_message_key(body.message_id),
             channels=body.channels,
-            context={"message_ref": body.message_id},
+            context={"message_ref": body.message_id, **({"urgent": True} if body.urgent else {})},
         )
     if not result.created and _patient_of(app, result.notification_id) != patient_id:
         raise ApiError(409, "conflict", "message_id", "message_id: already used for another patient's message")

@@ -75,6 +75,8 @@ class CareTeamMessageIn(Strict):
     #: The secure app's id of the message: one notice per message however often this is posted.
     message_id: Ref
     channels: list[Channel] | None = Field(default=None, min_length=1, max_length=4)
+    #: Unread for ``care_team.urgent_escalate_after`` (default 30 min) instead of 4 h brings one follow-up notice.
+    urgent: bool = False
 
 
 class Submission(BaseModel):
@@ -102,6 +104,30 @@ class ProviderCall(BaseModel):
     duration_ms: int
 
 
+class CareTeamStatus(BaseModel):
+    """A care-team message's notice: the notice it folded into, when she read it, its follow-up and why."""
+
+    urgent: bool
+    folded_into: int | None
+    read_at: datetime | None
+    escalate_at: datetime | None
+    escalation: str | None
+    escalation_id: int | None
+    escalation_reason: str | None
+
+
+class ReadReceiptOut(BaseModel):
+    """A read receipt taken (or taken before: ``first`` is false and ``read_at`` is the first report's)."""
+
+    message_id: str
+    notification_id: int
+    read_at: datetime
+    first: bool
+    #: The follow-up now: ``cancelled``, ``escalated`` (already sent or sending), ``not_escalated``, or null.
+    escalation: str | None
+    escalation_id: int | None
+
+
 class NotificationStatus(BaseModel):
     """Why a notification went, was held back, or failed."""
 
@@ -116,6 +142,8 @@ class NotificationStatus(BaseModel):
     finished_at: datetime | None
     history: list[HistoryItem]
     provider_calls: list[ProviderCall]
+    #: Only for a care-team message's notice.
+    care_team: CareTeamStatus | None = None
 
 
 def _plausible(value: datetime) -> datetime:
