@@ -31,6 +31,11 @@ class ScriptedProvider:
         self._lock = threading.Lock()
         self.sent: list[OutboundMessage] = []
 
+    def script(self, results: Iterable[SendResult]) -> None:
+        """Answer the next sends with ``results`` (after any still scripted), then ``default`` again."""
+        with self._lock:
+            self._script.extend(results)
+
     def send(self, *, message: OutboundMessage) -> SendResult:
         with self._lock:
             self.sent.append(message)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from integrations.base import Outcome, SendResult
 from integrations.fake import ScriptedProvider
 from jobs.scheduler import escalate_care_team
 from tests.conftest import fake_providers
@@ -108,6 +109,24 @@ def test_a_message_after_the_window_notifies_again(api: Api) -> None:
     later = _message(api, "pt-1", "m-2")
     drain(api.app)
     assert len(api.push.sent) == 2 and _status(api, later["notification_id"])["state"] == "sent"
+
+
+def test_a_notice_that_never_reached_her_is_not_folded_into(api: Api) -> None:
+    _patient(api, "pt-1")
+    refused = SendResult(outcome=Outcome.FAILED, error_code="refused", detail="refused for good")
+    api.push.script([refused])
+    api.sms.script([refused])
+    first = _message(api, "pt-1", "m-1")
+    drain(api.app)
+    assert _status(api, first["notification_id"])["state"] == "failed"
+    api.app.clock.advance(minutes=2)
+    second = _message(api, "pt-1", "m-2")  # within the window, unread, but the first notice never reached her
+    drain(api.app)
+    report = _status(api, second["notification_id"])
+    assert report["state"] == "sent" and report["care_team"]["folded_into"] is None
+    api.app.clock.advance(minutes=2)
+    third = _message(api, "pt-1", "m-3")  # the second did reach her: this one folds into it
+    assert _status(api, third["notification_id"])["care_team"]["folded_into"] == second["notification_id"]
 
 
 def test_another_category_or_another_patient_never_folds(api: Api) -> None:

@@ -23,7 +23,9 @@ from sqlmodel import Session, col
 
 from worker.categories import Category
 from worker.db import pyformat
+from worker.models import Notification
 from worker.models_care_team import CareTeamMessage
+from worker.states import State
 
 
 @dataclass(frozen=True)
@@ -52,9 +54,14 @@ def _window_text(rule: DigestRule) -> str:
     return f"its care-team notice of the last {minutes:g} min is still unread"
 
 
+#: A head notice in one of these states never reached her (every channel failed, it expired unsent, or it was
+#: cancelled): a later message must not fold into it, it notifies on its own.
+UNNOTIFIED = (State.FAILED, State.EXPIRED, State.CANCELLED)
+_UNNOTIFIED = "(" + ", ".join(f"'{state.value}'" for state in UNNOTIFIED) + ")"
+
 #: The head (if any), the fold, the row, its events and its record: one statement, one round trip.
 SUBMIT_PG = pyformat(
-    """
+    f"""
 WITH head AS (
     SELECT m.notification_id AS id
       FROM care_team_message m
@@ -68,6 +75,7 @@ WITH head AS (
     UPDATE care_team_message m
        SET escalate_at = CASE WHEN m.escalate_at IS NULL THEN NULL ELSE LEAST(m.escalate_at, :escalate_at) END
      WHERE m.notification_id = (SELECT id FROM head) AND m.read_at IS NULL
+       AND NOT EXISTS (SELECT 1 FROM notification h WHERE h.id = (SELECT id FROM head) AND h.state IN {_UNNOTIFIED})
     RETURNING m.notification_id AS id
 ), created AS (
     INSERT INTO notification (patient_id, category, channels, context, idempotency_key, state, reason, not_before,
@@ -112,8 +120,9 @@ def pg_params(rule: DigestRule, now: datetime, context: dict[str, Any] | None) -
 
 
 def open_head(session: Session, patient_id: int, now: datetime, rule: DigestRule) -> CareTeamMessage | None:
-    """The portable path's question: the patient's latest head notice within the window, if she has not read it.
-    Locked (PostgreSQL) so a concurrent read waits, as :data:`SUBMIT_PG`'s update does."""
+    """The portable path's question: the patient's latest head notice within the window, if she has not read it
+    and it did not end without reaching her. Locked (PostgreSQL) so a concurrent read waits, as :data:`SUBMIT_PG`'s
+    update does."""
     if rule.window <= timedelta(0):
         return None
     head = session.scalars(
@@ -127,4 +136,7 @@ def open_head(session: Session, patient_id: int, now: datetime, rule: DigestRule
         .limit(1)
         .with_for_update()
     ).first()
-    return head if head is not None and head.read_at is None else None
+    if head is None or head.read_at is not None:
+        return None
+    state = session.scalar(select(col(Notification.state)).where(col(Notification.id) == head.notification_id))
+    return None if state in UNNOTIFIED else head
