@@ -38,10 +38,10 @@ from sqlmodel import col
 from bench.harness import REDIS, forget_namespace, scratch_database
 from worker.bootstrap import App, build_app
 from worker.db import session_scope
-from worker.metrics.collector import build_registry
 from worker.models import DeliveryAttempt, Notification
 from worker.settings import load_settings
 from worker.web.app import create_web_app
+from worker.web.metrics_collector import build_registry
 
 PATIENTS = 10_000
 CATEGORIES = ("care_team_message", "appointment_reminder", "survey_reminder", "account_notice", "marketing")

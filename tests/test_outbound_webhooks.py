@@ -22,13 +22,13 @@ from worker.categories import Category, Channel
 from worker.consent import record_consent
 from worker.db import session_scope
 from worker.delivery import deliver
-from worker.metrics.collector import build_registry
 from worker.models_consent import ConsentSource
 from worker.models_outbound import WebhookDelivery, WebhookEndpoint, WebhookEvent
 from worker.outbound.dispatch import current_marks, replay
 from worker.outbound.endpoints import add_endpoint, list_endpoints, set_enabled
 from worker.outbound.sender import backoff_seconds
 from worker.preferences import PreferenceChange, set_preferences
+from worker.web.metrics_collector import build_registry
 
 PHONE = "+12125550177"
 EMAIL = "someone.private@example.org"

@@ -14,9 +14,9 @@ from worker.categories import Category
 from worker.errors import CarenotifyError, NotFound
 from worker.logs import configure_logging
 from worker.migrate import upgrade
-from worker.outbound.cli import add_webhook_commands
 from worker.patient_cli import add_patient_commands
 from worker.settings import Settings, load_settings
+from worker.webhooks_cli import add_webhook_commands
 
 
 def _app(settings: Settings) -> App:

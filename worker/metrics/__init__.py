@@ -1,3 +1,3 @@
-"""Metrics: the Prometheus collector /metrics serves (:mod:`worker.metrics.collector`) and the scheduler's rollup
-of the append-only logs it reads (:mod:`worker.metrics.rollup`). Nothing is imported here, so the rollup can sit
-below the bootstrap and the collector above it."""
+"""Metrics: the scheduler's rollup of the append-only logs (:mod:`worker.metrics.rollup`) and the provider health
+the console shows (:mod:`worker.metrics.health`), both below the bootstrap. The Prometheus collector /metrics
+serves needs the whole app, so it lives with the web layer (:mod:`worker.web.metrics_collector`)."""

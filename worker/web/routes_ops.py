@@ -7,8 +7,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from worker.metrics.collector import build_registry
 from worker.web.deps import AppDep
+from worker.web.metrics_collector import build_registry
 
 router = APIRouter(tags=["ops"])
 
@@ -27,7 +27,8 @@ def healthz(app: AppDep) -> JSONResponse:
 @router.get("/metrics", response_class=Response)
 def metrics(app: AppDep) -> Response:
     """Counts kept in the database (the scheduler's rollup for settled rows, a live count of the open ones), so
-    every web process reports the same and a scrape costs the same at any table size (``worker.metrics.collector``)."""
+    every web process reports the same and a scrape costs the same at any table size
+    (``worker.web.metrics_collector``)."""
     registry = app.extras.get("metrics_registry")
     if registry is None:
         registry = app.extras["metrics_registry"] = build_registry(app)
