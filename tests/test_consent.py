@@ -393,3 +393,36 @@ def test_marketing_waits_for_its_stricter_evening_window(app_and_fakes) -> None:
     assert deliver(app.deps, marketing).state is State.DEFERRED
     assert load(app, marketing).not_before == datetime(2026, 3, 3, 13, 0, tzinfo=UTC)
     assert deliver(app.deps, reminder).state is State.SENT
+
+
+def _stop(app, patient_id: int) -> int:  # type: ignore[no-untyped-def]
+    from worker.consent import record_consent
+
+    with session_scope(app.engine) as session:
+        event = record_consent(
+            session,
+            patient_id=patient_id,
+            channel=Channel.SMS,
+            category=None,
+            granted=False,
+            source=ConsentSource.SMS_KEYWORD,
+            actor="patient",
+            at=app.clock.now(),
+        )
+        session.flush()
+        assert event.id is not None
+        return event.id
+
+
+def test_ledger_ids_erased_at_the_top_are_never_handed_out_again(make_app) -> None:  # type: ignore[no-untyped-def]
+    """The outbound webhooks read the ledger past a watermark: on SQLite a new row must not take an erased top id
+    (migration 0065 makes the table AUTOINCREMENT), or its consent.changed event would never go out."""
+    from worker.erasure import erase_patient
+
+    app = make_app()
+    assert app.engine.dialect.name == "sqlite"
+    _stop(app, create_patient(app, ref="stays"))
+    erased = create_patient(app, ref="erased")
+    top = max(_stop(app, erased) for _ in range(2))  # the newest ledger rows are hers
+    erase_patient(app.engine, app.clock, patient_id=erased, reason="under_13")
+    assert _stop(app, create_patient(app, ref="fresh")) > top

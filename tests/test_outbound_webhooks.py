@@ -266,21 +266,23 @@ def test_ordered_endpoint_holds_a_patients_later_events_behind_a_failing_one_but
     _endpoint(app, receiver, "notification.sent", ordered=True)
     first, other = create_patient(app, ref="pt-a"), create_patient(app, ref="pt-b")
     a1 = _notify(app, first, context={"n": 1})
-    _notify(app, other, context={"n": 1})
+    b1 = _notify(app, other, context={"n": 1})
     a2 = _notify(app, first, context={"n": 2})
     a3 = _notify(app, first, context={"n": 3})
     failing_once = {"done": False}
 
-    def answer(_: int) -> int:
-        if not failing_once["done"]:
+    def answer(data: dict[str, Any]) -> int:
+        # pt-a's first event fails once, whichever patient's event the sender happens to post first.
+        if data["notification_id"] == a1 and not failing_once["done"]:
             failing_once["done"] = True
             return 500
         return 200
 
-    receiver.answer = answer
+    receiver.answer_data = answer
     _pump(app)
     # a1 failed: pt-a's a2 and a3 wait; pt-b's went.
-    assert [(r.data["patient_ref"], r.status) for r in receiver.received] == [("pt-a", 500), ("pt-b", 200)]
+    got = sorted((r.data["patient_ref"], r.data["notification_id"], r.status) for r in receiver.received)
+    assert got == [("pt-a", a1, 500), ("pt-b", b1, 200)]
     app.clock.advance(timedelta(seconds=5))  # type: ignore[attr-defined]
     _pump(app)
     sent_a = [r.data["notification_id"] for r in receiver.accepted() if r.data["patient_ref"] == "pt-a"]

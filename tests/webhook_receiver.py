@@ -28,11 +28,13 @@ class Received:
 
 @dataclass
 class Receiver:
-    """``status`` answers every request (or ``answer(request_number) -> status``); ``delay`` seconds before it."""
+    """``status`` answers every request (or ``answer(request_number) -> status``, or ``answer_data(event data) ->
+    status`` when the answer depends on which event it is); ``delay`` seconds before it."""
 
     secret: str | None = None
     status: int = 200
     answer: Callable[[int], int] | None = None
+    answer_data: Callable[[dict[str, Any]], int] | None = None
     delay: float = 0.0
     received: list[Received] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
@@ -75,7 +77,10 @@ class Receiver:
                     self.send_response(400)
                     self.end_headers()
                     return
-                status = receiver.answer(number) if receiver.answer else receiver.status
+                if receiver.answer_data:
+                    status = receiver.answer_data(payload["data"])
+                else:
+                    status = receiver.answer(number) if receiver.answer else receiver.status
                 with receiver._lock:
                     receiver.received.append(
                         Received(self.headers["webhook-id"], payload["type"], payload["data"], body, status)

@@ -30,7 +30,11 @@ class ConsentEvent(SQLModel, table=True):
     """
 
     __tablename__ = "consent_event"
-    __table_args__ = (Index("ix_consent_event_lookup", "patient_id", "channel", "category", "id"),)
+    #: Ids are never reused, on SQLite too (migration 0065): the outbound webhooks read the ledger past a watermark.
+    __table_args__ = (
+        Index("ix_consent_event_lookup", "patient_id", "channel", "category", "id"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
     patient_id: int = Field(sa_column=Column(Integer, ForeignKey("patient.id", ondelete="CASCADE"), nullable=False))
