@@ -9,6 +9,7 @@ from functools import partial
 from typing import Any
 
 import dramatiq
+from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy.engine import Engine
 
 from integrations.apns import ApnsProvider
@@ -278,13 +279,14 @@ def build_app(
         rate_limits=build_rate_limits(broker, clock, settings.provider.rate_limits_per_second, namespace=namespace),
     )
     actors = declare_actors(broker, deps, queue_name=settings.queue_name)
+    epoch = BrokerEpoch(broker, namespace=namespace)
     relay_job = Relay(
         engine,
         clock,
         partial(queue_in_batches, actors, settings.delivery.batch_size),
         settings.outbox,
         lease=leases.lease,
-        broker_lost=BrokerEpoch(broker, namespace=namespace).lost,
+        broker_lost=epoch.lost,
     )
     return App(
         clients=clients,
@@ -296,7 +298,13 @@ def build_app(
         deps=deps,
         actors=actors,
         relay_job=relay_job,
-        stamps=EnqueueStamps(engine, clock),
+        # A row still unclaimed this long after its trigger is stamped, well before the relay's grace runs out.
+        stamps=EnqueueStamps(
+            engine,
+            clock,
+            hold=timedelta(seconds=min(2.0, settings.outbox.grace_seconds / 2)),
+            broker_epoch=epoch.current if isinstance(broker, RedisBroker) else None,
+        ),
         metrics_job=MetricsRollup(engine, clock, settings.metrics),
         retention_job=Retention(engine, clock, settings),
         outbound=build_outbound(engine, clock, broker, settings.webhooks),

@@ -59,6 +59,14 @@ class BrokerEpoch:
             return first
         return bool(self._client.set(self._key, uuid.uuid4().hex, nx=True))
 
+    def current(self) -> str | None:
+        """The marker as it is now (``None``: gone, so the queues may be too), for writers that vouch for a
+        message being queued (:mod:`worker.outbox.stamps`); ``None`` for a broker without one."""
+        if self._client is None:
+            return None
+        value = self._client.get(self._key)
+        return value.decode() if isinstance(value, bytes) else value
+
 
 def queue_depths(broker: dramatiq.Broker) -> dict[str, int]:
     """Messages waiting per queue (ready + delayed), for /metrics and the operator CLI."""

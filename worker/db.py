@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import re
+import threading
+import weakref
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg.rows import dict_row
 from sqlalchemy import DateTime, Dialect, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -104,29 +108,147 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.OperationalError)
 
 
+_LITERAL_COMMENT_OR_SPACE = re.compile(r"('(?:[^']|'')*')|(?:--[^\n]*|\s)+")
+
+
+def _compact(match: re.Match[str]) -> str:
+    return match.group(1) or " "
+
+
 def pyformat(sql: str) -> str:
-    """``:name`` bind parameters (SQLAlchemy's ``text``) as psycopg's ``%(name)s``; ``::type`` casts stay."""
-    return re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", sql)
+    """``:name`` bind parameters (SQLAlchemy's ``text``) as psycopg's ``%(name)s``; ``::type`` casts stay.
+
+    Comments go and runs of white space become one space (string literals are kept as written): psycopg caches
+    its parse of a statement's text only up to 4,096 characters, and the claim-and-read statement, as written for
+    people, was longer, so it was parsed again at every run."""
+    compact = _LITERAL_COMMENT_OR_SPACE.sub(_compact, sql).strip()
+    return re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", compact)
 
 
 def run_raw(engine: Engine, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One PostgreSQL statement on a pooled connection in autocommit, straight through psycopg: one round trip
-    (psycopg prepares it on its fifth run on a connection, once), and none of SQLAlchemy's per-execution work:
-    the hot path's statements are fixed text. ``sql`` uses psycopg's ``%(name)s`` parameters (:func:`pyformat`)."""
-    pooled = engine.raw_connection()
-    conn: psycopg.Connection[Any] = pooled.driver_connection  # type: ignore[assignment]
+    """One PostgreSQL statement in autocommit, straight through psycopg: one round trip (psycopg prepares it on its
+    sixth run on a connection, once), and none of SQLAlchemy's per-execution work: the hot path's statements are
+    fixed text. ``sql`` uses psycopg's ``%(name)s`` parameters (:func:`pyformat`). A connection the server dropped
+    is closed and the error raised (callers retry with :func:`retry_transient`, which takes a new one)."""
+    hot = _hot_connections(engine)
+    conn = hot.take()
     try:
-        conn.autocommit = True
-        with conn.cursor(row_factory=dict_row) as cursor:
-            cursor.execute(sql, params)  # prepared by psycopg after a few runs on a connection
-            return cursor.fetchall() if cursor.description is not None else []
+        conn.cursor.execute(sql, params)
+        names = _result_names(sql, conn.cursor)
+        rows = [] if names is None else [dict(zip(names, row, strict=True)) for row in conn.cursor.fetchall()]
     except psycopg.OperationalError:
-        pooled.invalidate()  # a dead connection never goes back to the pool
+        conn.close()  # a dead connection never goes back,
+        hot.discard_idle()  # nor do its siblings: a server restart or a terminated backend seldom comes alone
         raise
-    finally:
-        if not conn.closed:
-            conn.autocommit = False
-        pooled.close()
+    except psycopg.Error:
+        hot.give(conn)  # the statement failed, the connection did not (autocommit: nothing left open)
+        raise
+    except BaseException:
+        conn.close()  # interrupted mid-protocol: its state is unknown
+        raise
+    hot.give(conn)
+    return rows
+
+
+#: A statement's result column names, by its text (fixed text, fixed shape): building psycopg's ``description``
+#: for each run cost more than a third of the client's work on a claim (one object per column).
+_NAMES: dict[str, tuple[str, ...] | None] = {}
+_NAMES_KEPT = 256
+
+
+def _result_names(sql: str, cursor: psycopg.Cursor[Any]) -> tuple[str, ...] | None:
+    try:
+        return _NAMES[sql]
+    except KeyError:
+        description = cursor.description
+        names = None if description is None else tuple(column.name for column in description)
+        if len(_NAMES) < _NAMES_KEPT:  # an ad-hoc text (a test's, an operator's) never grows it without end
+            _NAMES[sql] = names
+        return names
+
+
+@dataclass
+class _HotConnection:
+    """A psycopg connection in autocommit with its cursor, detached from SQLAlchemy's pool (``fairy`` kept so the
+    connection lives as long as this does)."""
+
+    fairy: Any
+    conn: psycopg.Connection[Any]
+    cursor: psycopg.Cursor[Any]
+    generation: int
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except Exception:  # closing a broken connection may fail again; it is gone either way
+            pass
+
+
+class _HotConnections:
+    """The connections :func:`run_raw` uses, per engine: opened through the engine's pool (so its ``connect``
+    listeners run), then detached and kept in autocommit. Taking one from SQLAlchemy's pool for each statement,
+    switching it to autocommit and back, cost more client CPU than the statement's own protocol work. Idle ones
+    are kept last-in first-out (a few stay warm, with their prepared statements); ``engine.dispose()`` closes
+    them, and a forked child never uses its parent's."""
+
+    KEEP_IDLE = 16
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = weakref.ref(engine)  # the registry holds this by the engine's weak key: no strong way back
+        self._idle: deque[_HotConnection] = deque()
+        self._generation = 0
+        self._pid = os.getpid()
+        event.listen(engine, "engine_disposed", self._disposed)
+
+    def take(self) -> _HotConnection:
+        if self._pid != os.getpid():  # forked: the parent's connections are the parent's
+            self._idle = deque()
+            self._pid = os.getpid()
+        try:
+            return self._idle.pop()
+        except IndexError:
+            pass
+        engine = self._engine()
+        if engine is None:
+            raise RuntimeError("the engine behind these connections was garbage-collected")
+        fairy = engine.raw_connection()
+        conn: psycopg.Connection[Any] = fairy.driver_connection  # type: ignore[assignment]
+        fairy.detach()
+        conn.autocommit = True
+        return _HotConnection(fairy, conn, conn.cursor(), self._generation)
+
+    def give(self, conn: _HotConnection) -> None:
+        usable = not conn.conn.closed and conn.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        if usable and conn.generation == self._generation and len(self._idle) < self.KEEP_IDLE:
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    def _disposed(self, _engine: Engine) -> None:
+        self.discard_idle()
+
+    def discard_idle(self) -> None:
+        """Close every idle connection; those in use are closed when given back."""
+        self._generation += 1
+        while self._idle:
+            try:
+                self._idle.pop().close()
+            except IndexError:
+                break
+
+
+_HOT: weakref.WeakKeyDictionary[Engine, _HotConnections] = weakref.WeakKeyDictionary()
+_HOT_LOCK = threading.Lock()
+
+
+def _hot_connections(engine: Engine) -> _HotConnections:
+    try:
+        return _HOT[engine]
+    except KeyError:
+        with _HOT_LOCK:
+            if engine not in _HOT:
+                _HOT[engine] = _HotConnections(engine)
+            return _HOT[engine]
 
 
 def retry_transient(fn: Callable[[], T], *, seconds: float) -> T:
