@@ -83,10 +83,44 @@ def test_no_stamp_vouches_for_a_message_the_broker_lost(
         assert epoch.lost(), "the relay's next tick sees the loss and makes a new marker"
         assert app.stamps.flush() == 0
         assert load(app, before_loss).enqueued_at is None, "left for the relay to queue again"
-        app.clock.advance(seconds=app.settings.outbox.grace_seconds + 1)
+        app.clock.advance(  # type: ignore[attr-defined]
+            seconds=app.settings.outbox.grace_seconds + 1
+        )
         assert before_loss in tick(app)
         after_loss = create_notification(app, create_patient(app), channels=[Channel.INAPP])
         assert app.stamps.flush() == 1
         assert load(app, after_loss).enqueued_at is not None
     finally:
         broker.close()
+
+
+def test_a_missing_marker_read_twice_still_lets_the_stamp_through(
+    make_app: AppFactory, pg_url: str, redis_namespace: str
+) -> None:
+    """No relay has made the marker yet (or Redis lost it and none has noticed): the relay that makes it will
+    forget every stamp first, so stamping now hides nothing. An unreadable broker vouches for nothing."""
+    from dramatiq.brokers.redis import RedisBroker
+
+    from tests.conftest import REDIS_URL
+    from worker.broker import BrokerEpoch
+
+    app = make_app(database_url=pg_url, migrate=False, providers=fake_providers())
+    broker = RedisBroker(url=REDIS_URL, namespace=redis_namespace)  # type: ignore[no-untyped-call]
+    epoch = BrokerEpoch(broker, namespace=redis_namespace)
+    try:
+        app.stamps.close()
+        app.stamps = EnqueueStamps(
+            app.engine, app.clock, flush_every=timedelta(hours=1), hold=timedelta(0), broker_epoch=epoch.current
+        )
+        nid = create_notification(app, create_patient(app), channels=[Channel.INAPP])
+        assert epoch.current() is None
+        assert app.stamps.flush() == 1 and load(app, nid).enqueued_at is not None
+    finally:
+        broker.close()
+
+    def away() -> str | None:
+        raise ConnectionError("redis is away")
+
+    app.stamps = EnqueueStamps(app.engine, app.clock, flush_every=timedelta(hours=1), broker_epoch=away)
+    nid = create_notification(app, create_patient(app), channels=[Channel.INAPP])
+    assert app.stamps.flush() == 0 and load(app, nid).enqueued_at is None

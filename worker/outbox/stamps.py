@@ -13,8 +13,10 @@ either: its deferral cleared ``enqueued_at`` on purpose, so the relay queues it 
 A stamp must never outlive the message it vouches for. When the broker loses its messages (a Redis restart),
 the relay un-stamps every open row (:func:`worker.outbox.relay.forget_enqueued`); a stamp written after that
 would hide a lost message for ``requeue_after``. So each row carries the broker's epoch (``broker_epoch``, the
-marker :class:`worker.broker.BrokerEpoch` keeps) as last seen before its enqueue, and is stamped only if the
-epoch read just before the stamp is the same; if it has changed by just after, the stamp is taken back. Not
+marker :class:`worker.broker.BrokerEpoch` keeps) as last read before its enqueue, and is stamped only if the
+epoch read just before the stamp is the same; if it has changed by just after, the stamp is taken back. A
+marker missing at both readings is the same reading: the relay that re-creates it forgets every stamp first,
+this one included. Not
 stamping is always safe: the relay queues the row once more after the grace period, a duplicate message the
 worker's claim makes harmless (so is a process that dies before flushing).
 """
@@ -47,8 +49,8 @@ _UNSTAMP_PG = pyformat(
     "UPDATE notification SET enqueued_at = NULL WHERE id = ANY(CAST(:ids AS bigint[])) AND enqueued_at = :at "
     "AND state = 'pending'"
 )
-#: What the broker's epoch reader gives when it cannot tell (the marker is gone, or the broker is away).
-UNKNOWN = None
+#: The broker's epoch could not be read (the broker is away): nothing is vouched for against it.
+UNREADABLE = object()
 _UNSEEN = object()
 
 
@@ -100,7 +102,8 @@ class EnqueueStamps:
         if not taken:
             self._epoch_seen = before
             return 0
-        ids = [nid for _, seen, nid in taken if before is not UNKNOWN and seen == before]
+        # The same reading (a missing marker included: the relay that re-creates it forgets every stamp first).
+        ids = [nid for _, seen, nid in taken if before is not UNREADABLE and seen == before]
         if len(ids) < len(taken):
             log.warning("outbox.stamps_skipped", rows=len(taken) - len(ids), reason="broker epoch changed")
         at = self._clock.now()
@@ -113,14 +116,14 @@ class EnqueueStamps:
             return 0
         return stamped
 
-    def _read_epoch(self) -> str | None:
+    def _read_epoch(self) -> object:
         if self._epoch is None:
-            return "unchecked"
+            return None
         try:
             return self._epoch()
         except Exception as exc:  # the broker is away: nothing can be vouched for now
             log.warning("outbox.broker_epoch_unread", error=type(exc).__name__)
-            return UNKNOWN
+            return UNREADABLE
 
     def _write(self, ids: list[int], at: datetime, *, unstamp: bool = False) -> int:
         try:
