@@ -105,7 +105,8 @@ class Notification(SQLModel, table=True):
     )
 
     id: int | None = _big_pk()
-    patient_id: int = Field(foreign_key="patient.id", ondelete="CASCADE", index=True)
+    #: Looked up through ``ix_notification_patient_created`` (patient_id first): no index of its own to write.
+    patient_id: int = Field(foreign_key="patient.id", ondelete="CASCADE")
     category: Category = Field(sa_type=String(32))
     #: Channels asked for; ``None`` means the category's defaults.
     channels: list[str] | None = Field(default=None, sa_column=Column(JSON))
