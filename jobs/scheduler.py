@@ -33,18 +33,14 @@ def roll_up_metrics(app: App) -> int:
 
 def purge_old_records(app: App) -> int:
     """Delete what is past its retention (old settled notifications with their logs, expired Idempotency-Keys and
-    webhook receipts, consent-ledger entries long replaced), a small batch per transaction (worker/retention)."""
+    webhook receipts, consent-ledger entries long replaced, outbound-webhook deliveries settled long ago), a small
+    batch per transaction (worker/retention)."""
     return sum(app.retention_job.tick().values())
 
 
 def dispatch_webhooks(app: App) -> int:
     """Read the change logs past the watermark into outbound-webhook deliveries; queue a sender per endpoint."""
     return app.dispatch_webhooks()
-
-
-def purge_webhook_deliveries(app: App) -> int:
-    """Delete outbound-webhook deliveries settled more than ``webhooks.retention_days`` ago (and their events)."""
-    return app.purge_webhooks()
 
 
 def escalate_care_team(app: App) -> int:
@@ -61,7 +57,6 @@ def add_jobs(scheduler: S, app: App) -> S:
         (roll_up_metrics, cfg.metrics.rollup_interval_seconds, "metrics_rollup"),
         (purge_old_records, cfg.retention.interval_seconds, "retention"),
         (dispatch_webhooks, cfg.webhooks.dispatch_interval_seconds, "webhooks_dispatch"),
-        (purge_webhook_deliveries, cfg.webhooks.retention_interval_seconds, "webhooks_retention"),
         (escalate_care_team, cfg.care_team.escalation_interval_seconds, "care_team_escalation"),
     )
     for job, seconds, job_id in jobs:

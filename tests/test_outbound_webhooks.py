@@ -474,9 +474,16 @@ def test_settled_deliveries_are_purged_after_the_retention_and_can_still_be_repl
     _pump(app)
     assert sorted(r.state for r in _deliveries(app)) == ["delivered", "pending"]
     app.clock.advance(timedelta(days=6))  # type: ignore[attr-defined]
-    assert app.purge_webhooks() == 0
+    assert app.retention_job.due()["webhook_delivery"] == 0
+    assert not {"webhook_delivery", "webhook_event"} & set(app.retention_job.tick())
     app.clock.advance(timedelta(days=2))  # type: ignore[attr-defined]
-    assert app.purge_webhooks() == 2  # the delivered one and its event; the open one stays
+    assert {t: n for t, n in app.retention_job.due().items() if t.startswith("webhook_")} == {
+        "webhook_delivery": 1,
+        "webhook_event": 1,
+        "webhook_receipt": 0,
+    }, "the dry run counts what the purge deletes"
+    deleted = app.retention_job.tick()  # the retention job: the delivered one and its event; the open one stays
+    assert (deleted["webhook_delivery"], deleted["webhook_event"]) == (1, 1)
     assert [r.state for r in _deliveries(app)] == ["pending"]
     with app.engine.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(WebhookEvent.__table__)) == 1  # type: ignore[attr-defined]

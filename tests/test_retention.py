@@ -238,6 +238,8 @@ def test_db_purge_dry_run_and_purge_from_the_command_line(tmp_path: Path) -> Non
         "webhook_receipt": 0,
         "consent_event": 0,
         "care_pause_event": 0,
+        "webhook_delivery": 0,
+        "webhook_event": 0,
     }
     assert run("--dry-run") == dry, "a dry run deletes nothing"
     done = run()

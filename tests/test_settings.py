@@ -136,3 +136,13 @@ def test_urls_without_passwords_and_the_shipped_file_are_accepted(
 def test_default_time_zone_must_be_a_places_zone(zone: str) -> None:
     with pytest.raises(ConfigError, match="DEFAULT_TIME_ZONE"):
         load_settings(default_time_zone=zone)
+
+
+def test_the_retired_webhook_purge_knobs_still_load_with_a_warning_naming_them() -> None:
+    """The webhooks' own purge job is part of the retention job now: a settings file that still sets its two
+    knobs loads (extra keys are otherwise refused), and the operator is told they no longer do anything."""
+    with pytest.warns(FutureWarning, match=r"webhooks\.retention_batch_size, webhooks\.retention_interval_seconds"):
+        settings = load_settings(webhooks={"retention_interval_seconds": 60, "retention_batch_size": 10})
+    assert settings.webhooks.retention_days == 14.0
+    with pytest.raises(ConfigError, match="retention_intervall_seconds"):
+        load_settings(webhooks={"retention_intervall_seconds": 60})

@@ -223,10 +223,6 @@ class App:
         """One outbound-webhook dispatcher tick: change logs -> deliveries, senders queued (``worker.outbound``)."""
         return self.outbound.tick() if self.outbound is not None else 0
 
-    def purge_webhooks(self) -> int:
-        """Delete outbound-webhook deliveries settled long ago, and their events (``worker.outbound.dispatch``)."""
-        return self.outbound.purge() if self.outbound is not None else 0
-
     def close(self) -> None:
         if self.outbound is not None:
             self.outbound.close()

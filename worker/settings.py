@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 import tomllib
+import warnings
 from datetime import time, timedelta
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from worker.clock import is_place_zone
@@ -273,10 +274,26 @@ class WebhookSettings(BaseModel):
     lease_seconds: float = Field(60.0, gt=0)
     run_seconds: float = Field(20.0, gt=0)
     queue_name: str = "webhooks"
-    #: Delivered and given-up deliveries (and their events) are deleted after this long (replay reads the logs).
+    #: Delivered and given-up deliveries (and their events) are deleted after this long (replay reads the logs), by
+    #: the ``retention`` job, in its batches (``[retention]``).
     retention_days: float = Field(14.0, gt=0)
-    retention_interval_seconds: float = Field(300.0, gt=0)
-    retention_batch_size: int = Field(1000, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired_keys(cls, data: Any) -> Any:
+        """The webhooks' own purge job became part of the ``retention`` job: its two knobs are accepted (an
+        existing settings file still loads) and ignored, with a warning naming them."""
+        if isinstance(data, dict):
+            retired = sorted(k for k in ("retention_interval_seconds", "retention_batch_size") if k in data)
+            if retired:
+                warnings.warn(
+                    f"webhooks.{', webhooks.'.join(retired)}: no longer used (the retention job purges webhook "
+                    "deliveries, every retention.interval_seconds, retention.batch_size at a time)",
+                    FutureWarning,  # shown by default: meant for the operator, not a developer
+                    stacklevel=2,
+                )
+                data = {k: v for k, v in data.items() if k not in retired}
+        return data
 
 
 class PatientSettings(BaseModel):

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 
 from worker.clock import Clock
 from worker.outbound.actor import declare_sender_actor
-from worker.outbound.dispatch import Dispatcher, purge_settled, replay
+from worker.outbound.dispatch import Dispatcher, replay
 from worker.outbound.sender import Sender
 from worker.settings import WebhookSettings
 
@@ -30,11 +30,6 @@ class Outbound:
     def tick(self) -> int:
         """One dispatcher tick (the scheduler's ``webhooks_dispatch`` job)."""
         return self.dispatcher.tick()
-
-    def purge(self) -> int:
-        """The scheduler's ``webhooks_retention`` job."""
-        d = self.dispatcher
-        return purge_settled(d.engine, d.clock, d.settings)
 
     def close(self) -> None:
         self.sender.close()

@@ -322,39 +322,6 @@ class Dispatcher:
         return ids
 
 
-def purge_settled(engine: Engine, clock: Clock, settings: WebhookSettings) -> int:
-    """Delete deliveries delivered or given up more than ``webhooks.retention_days`` ago, then the events no delivery
-    refers to any more, a batch per transaction (the scheduler's ``webhooks_retention`` job). What is purged can
-    still be sent again: ``replay`` reads the change logs, not these tables."""
-    cutoff = clock.now() - timedelta(days=settings.retention_days)
-    d, e = _DELIVERIES, _EVENTS
-    purged = 0
-    while purged < settings.max_per_tick:
-        with engine.begin() as conn:
-            ids = list(
-                conn.execute(
-                    select(d.c.id)
-                    .where(d.c.state.in_(("delivered", "failed")), d.c.created_at < cutoff)
-                    .limit(settings.retention_batch_size)
-                ).scalars()
-            )
-            if ids:
-                conn.execute(delete(d).where(d.c.id.in_(ids)))
-            orphans = list(
-                conn.execute(
-                    select(e.c.id)
-                    .where(e.c.occurred_at < cutoff, ~exists().where(d.c.event_id == e.c.id))
-                    .limit(settings.retention_batch_size)
-                ).scalars()
-            )
-            if orphans:
-                conn.execute(delete(e).where(e.c.id.in_(orphans)))
-        purged += len(ids) + len(orphans)
-        if not ids and not orphans:
-            break
-    return purged
-
-
 def _replayed(engine: Engine, source: Source, since: datetime, upto: int, batch_size: int) -> Iterator[Event]:
     """One log's events at or after ``since`` with ids up to ``upto``, read a chunk of ids per transaction."""
     with engine.connect() as conn:

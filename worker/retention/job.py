@@ -17,7 +17,7 @@ import structlog
 from sqlalchemy.engine import Engine
 
 from worker.clock import Clock
-from worker.retention import ledger, notifications, web_records
+from worker.retention import ledger, notifications, web_records, webhooks
 from worker.retention.notifications import Step
 from worker.settings import Settings
 
@@ -32,14 +32,16 @@ TABLES = (
     "webhook_receipt",
     "consent_event",
     "care_pause_event",
+    *webhooks.TABLES,
 )
 
 _YEAR = timedelta(days=365.25)
 
 
 class Retention:
-    """Deletes what is past its retention: old settled notifications (with their logs), expired web records, and
-    consent-ledger entries no longer in force for ``consent_years``."""
+    """Deletes what is past its retention: old settled notifications (with their logs), expired web records,
+    consent-ledger entries no longer in force for ``consent_years``, and outbound-webhook deliveries settled more
+    than ``webhooks.retention_days`` ago (with the events no delivery needs any more)."""
 
     def __init__(self, engine: Engine, clock: Clock, settings: Settings) -> None:
         self.engine = engine
@@ -76,6 +78,14 @@ class Retention:
             self.engine, self.clock, self.settings.web, batch_size=cfg.batch_size, limit=budget
         )
         deleted.update({"idempotency_record": web.idempotency_keys, "webhook_receipt": web.webhook_receipts})
+        deleted.update(
+            webhooks.purge_settled(
+                self.engine,
+                webhooks.cutoff(self.clock.now(), self.settings.webhooks),
+                batch_size=cfg.batch_size,
+                limit=budget,
+            )
+        )
         deleted = +deleted  # drop zeros
         if deleted:
             log.info("retention.purged", **dict(sorted(deleted.items())))
@@ -112,5 +122,6 @@ class Retention:
             **notifications.due_counts(self.engine, notified_before),
             **web_records.expired_counts(self.engine, self.clock, self.settings.web),
             **ledger.due_counts(self.engine, ledger_before),
+            **webhooks.due_counts(self.engine, webhooks.cutoff(self.clock.now(), self.settings.webhooks)),
         }
         return {table: counts[table] for table in TABLES}
