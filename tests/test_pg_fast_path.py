@@ -321,3 +321,20 @@ def test_one_rows_claim_is_planned_once_per_connection_and_a_batch_claims_with_t
         assert got.consent == alone.consent
         assert got.patient is not None and alone.patient is not None
         assert got.patient.model_dump() == alone.patient.model_dump()
+
+
+def test_finding_a_patient_by_her_reference_is_one_round_trip(make_app, pg_url: str) -> None:  # type: ignore[no-untyped-def]
+    """Every API route by patient starts with this lookup: one statement in autocommit, not a transaction's three."""
+    from worker.errors import NotFound
+    from worker.patients import patient_id_for
+
+    app = make_app(database_url=pg_url, migrate=False, providers=fake_providers())
+    pid = create_patient(app, ref="pt-lookup")
+    with counting_round_trips(app.engine) as trips:
+        for _ in range(6):  # warm: psycopg prepares the statement on its 6th run
+            assert patient_id_for(app.engine, "pt-lookup") == pid
+        trips.since_mark()
+        assert patient_id_for(app.engine, "pt-lookup") == pid
+        assert trips.since_mark() == 1
+        with pytest.raises(NotFound, match="no patient with that external_ref"):
+            patient_id_for(app.engine, "pt-nobody")
