@@ -124,3 +124,34 @@ def test_a_missing_marker_read_twice_still_lets_the_stamp_through(
     app.stamps = EnqueueStamps(app.engine, app.clock, flush_every=timedelta(hours=1), broker_epoch=away)
     nid = create_notification(app, create_patient(app), channels=[Channel.INAPP])
     assert app.stamps.flush() == 0 and load(app, nid).enqueued_at is None
+
+
+def test_a_loss_between_the_enqueue_and_the_add_is_not_missed(
+    make_app: AppFactory, pg_url: str, redis_namespace: str
+) -> None:
+    """The epoch a row carries is read before its enqueue: a restart recovered (and a flush run) in the instant
+    between the enqueue and the add does not lend the row the new epoch."""
+    from dramatiq.brokers.redis import RedisBroker
+
+    from tests.conftest import REDIS_URL
+    from worker.broker import BrokerEpoch
+
+    app = make_app(database_url=pg_url, migrate=False, providers=fake_providers())
+    broker = RedisBroker(url=REDIS_URL, namespace=redis_namespace)  # type: ignore[no-untyped-call]
+    epoch = BrokerEpoch(broker, namespace=redis_namespace)
+    try:
+        assert epoch.lost()
+        app.stamps.close()
+        stamps = EnqueueStamps(
+            app.engine, app.clock, flush_every=timedelta(hours=1), hold=timedelta(0), broker_epoch=epoch.current
+        )
+        nid = create_notification(app, create_patient(app), channels=[Channel.INAPP])  # its row, as a trigger's
+        before_enqueue = stamps.epoch_before_enqueue()
+        broker.client.delete(f"{redis_namespace}:broker-epoch")  # lost right after the enqueue...
+        assert epoch.lost()  # ...the relay recovered...
+        assert stamps.flush() == 0  # ...and a flush read the new epoch, all before the add
+        stamps.add(nid, before_enqueue)
+        assert stamps.flush() == 0
+        assert load(app, nid).enqueued_at is None
+    finally:
+        broker.close()

@@ -127,9 +127,10 @@ def submit(
         return Submitted(notification_id=notification_id, created=True, settled=True)
     if due:
         # After the commit: a crash before this line leaves the row unstamped, and the relay queues it.
+        epoch = stamps.epoch_before_enqueue() if stamps is not None else None
         enqueue(notification_id)
         if stamps is not None:
-            stamps.add(notification_id)
+            stamps.add(notification_id, epoch)
         else:
             mark_enqueued(engine, [notification_id], clock.now())
     log.info("notification.created", notification_id=notification_id, category=str(category))

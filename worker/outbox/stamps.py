@@ -16,9 +16,8 @@ would hide a lost message for ``requeue_after``. So each row carries the broker'
 marker :class:`worker.broker.BrokerEpoch` keeps) as last read before its enqueue, and is stamped only if the
 epoch read just before the stamp is the same; if it has changed by just after, the stamp is taken back. A
 marker missing at both readings is the same reading: the relay that re-creates it forgets every stamp first,
-this one included. Not
-stamping is always safe: the relay queues the row once more after the grace period, a duplicate message the
-worker's claim makes harmless (so is a process that dies before flushing).
+this one included. Not stamping is always safe: the relay queues the row once more after the grace period, a
+duplicate message the worker's claim makes harmless (so is a process that dies before flushing).
 """
 
 from __future__ import annotations
@@ -77,12 +76,20 @@ class EnqueueStamps:
         self._stopped = False
         self._thread: threading.Thread | None = None
 
-    def add(self, notification_id: int) -> None:
-        """Remember a row whose message was just put on the broker."""
-        if self._epoch_seen is _UNSEEN:  # once per process: every later add carries the last flush's reading
+    def epoch_before_enqueue(self) -> object:
+        """The broker's epoch as last read (by the last flush; read now the first time): taken before a row's
+        enqueue and given back to :meth:`add`, so a loss between the enqueue and the add cannot go unseen."""
+        if self._epoch_seen is _UNSEEN:
             self._epoch_seen = self._read_epoch()
+        return self._epoch_seen
+
+    def add(self, notification_id: int, epoch: object = _UNSEEN) -> None:
+        """Remember a row whose message was just put on the broker, with :meth:`epoch_before_enqueue`'s answer
+        taken before it was (without one, the epoch as last read now: for rows queued before this call)."""
+        if epoch is _UNSEEN:
+            epoch = self.epoch_before_enqueue()
         with self._lock:
-            self._pending.append((time.monotonic(), self._epoch_seen, notification_id))
+            self._pending.append((time.monotonic(), epoch, notification_id))
             if self._thread is None and not self._stopped:
                 self._thread = threading.Thread(target=self._run, name="enqueue-stamps", daemon=True)
                 self._thread.start()
