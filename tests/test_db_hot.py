@@ -120,3 +120,33 @@ def test_the_hot_statements_fit_psycopgs_parse_cache() -> None:
         "submit care-team": digest.SUBMIT_PG,
     }.items():
         assert len(sql.encode()) <= MAX_CACHED_STATEMENT_LENGTH, name
+
+
+def test_at_most_the_limit_are_open_at_once_and_a_statement_waits_for_one(engine: Engine) -> None:
+    """A web process serves requests on many threads: they share a few connections (waiting a moment for one, as
+    they waited for the pool), they do not open one each and run the server out of them."""
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    from worker.db import _HOT, _HotConnections
+
+    hot = _HotConnections(engine, limit=2)
+    _HOT[engine] = hot
+    pids: list[int] = []
+
+    def slow() -> None:
+        pids.append(int(run_raw(engine, "SELECT pg_backend_pid() AS pid, pg_sleep(0.3) AS slept", {})[0]["pid"]))
+
+    threads = [threading.Thread(target=slow) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(pids) == 4 and len(set(pids)) <= 2, pids
+
+    hot.WAIT_SECONDS = 0.1
+    held = [hot.take(), hot.take()]  # both connections in use
+    with pytest.raises(PoolTimeout, match="no database connection free"):
+        run_raw(engine, "SELECT 1 AS one", {})
+    for conn in held:
+        hot.give(conn)
+    assert run_raw(engine, "SELECT 1 AS one", {}) == [{"one": 1}], "free again once they are back"

@@ -17,6 +17,7 @@ import psycopg
 from sqlalchemy import DateTime, Dialect, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session, create_engine
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
@@ -24,6 +25,10 @@ from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_expone
 from worker.errors import ConfigError
 
 T = TypeVar("T")
+
+#: Connections per engine that SQLAlchemy's pool keeps (it may open as many again for a while), and at most how
+#: many :func:`run_raw` keeps open at once beside them.
+POOL_SIZE = 10
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -86,7 +91,7 @@ def make_engine(url: str) -> Engine:
     # No ping per checkout (a round trip on every transaction): a connection found dead is retried where it matters
     # (retry_transient on the send path, the next tick for jobs), and SQLAlchemy then recycles the whole pool.
     # Parameters stay out of error messages and logs: they carry phone numbers and email addresses.
-    return create_engine(url, pool_size=10, max_overflow=10, hide_parameters=True)
+    return create_engine(url, pool_size=POOL_SIZE, max_overflow=POOL_SIZE, hide_parameters=True)
 
 
 @contextmanager
@@ -137,14 +142,14 @@ def run_raw(engine: Engine, sql: str, params: Mapping[str, Any]) -> list[dict[st
         names = _result_names(sql, conn.cursor)
         rows = [] if names is None else [dict(zip(names, row, strict=True)) for row in conn.cursor.fetchall()]
     except psycopg.OperationalError:
-        conn.close()  # a dead connection never goes back,
+        hot.discard(conn)  # a dead connection never goes back,
         hot.discard_idle()  # nor do its siblings: a server restart or a terminated backend seldom comes alone
         raise
     except psycopg.Error:
         hot.give(conn)  # the statement failed, the connection did not (autocommit: nothing left open)
         raise
     except BaseException:
-        conn.close()  # interrupted mid-protocol: its state is unknown
+        hot.discard(conn)  # interrupted mid-protocol: its state is unknown
         raise
     hot.give(conn)
     return rows
@@ -189,12 +194,17 @@ class _HotConnections:
     listeners run), then detached and kept in autocommit. Taking one from SQLAlchemy's pool for each statement,
     switching it to autocommit and back, cost more client CPU than the statement's own protocol work. Idle ones
     are kept last-in first-out (a few stay warm, with their prepared statements); ``engine.dispose()`` closes
-    them, and a forked child never uses its parent's."""
+    them, and a forked child never uses its parent's. At most ``limit`` are open at once (as many as the pool
+    itself keeps), so a burst of requests on a web process's many threads waits a moment for one, as it waited for
+    the pool, instead of opening a connection per thread and running the server out of them."""
 
-    KEEP_IDLE = 16
+    #: How long a statement waits for a connection when ``limit`` are in use (the pool's own timeout).
+    WAIT_SECONDS = 30.0
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, limit: int = POOL_SIZE) -> None:
         self._engine = weakref.ref(engine)  # the registry holds this by the engine's weak key: no strong way back
+        self._limit = limit
+        self._slots = threading.BoundedSemaphore(limit)
         self._idle: deque[_HotConnection] = deque()
         self._generation = 0
         self._pid = os.getpid()
@@ -203,26 +213,39 @@ class _HotConnections:
     def take(self) -> _HotConnection:
         if self._pid != os.getpid():  # forked: the parent's connections are the parent's
             self._idle = deque()
+            self._slots = threading.BoundedSemaphore(self._limit)
             self._pid = os.getpid()
+        if not self._slots.acquire(timeout=self.WAIT_SECONDS):
+            raise PoolTimeout(f"no database connection free for {self.WAIT_SECONDS:.0f} s ({self._limit} in use)")
         try:
             return self._idle.pop()
         except IndexError:
             pass
-        engine = self._engine()
-        if engine is None:
-            raise RuntimeError("the engine behind these connections was garbage-collected")
-        fairy = engine.raw_connection()
-        conn: psycopg.Connection[Any] = fairy.driver_connection  # type: ignore[assignment]
-        fairy.detach()
-        conn.autocommit = True
-        return _HotConnection(fairy, conn, conn.cursor(), self._generation)
+        try:
+            engine = self._engine()
+            if engine is None:
+                raise RuntimeError("the engine behind these connections was garbage-collected")
+            fairy = engine.raw_connection()
+            conn: psycopg.Connection[Any] = fairy.driver_connection  # type: ignore[assignment]
+            fairy.detach()
+            conn.autocommit = True
+            return _HotConnection(fairy, conn, conn.cursor(), self._generation)
+        except BaseException:
+            self._slots.release()
+            raise
 
     def give(self, conn: _HotConnection) -> None:
         usable = not conn.conn.closed and conn.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-        if usable and conn.generation == self._generation and len(self._idle) < self.KEEP_IDLE:
+        if usable and conn.generation == self._generation:
             self._idle.append(conn)
         else:
             conn.close()
+        self._slots.release()
+
+    def discard(self, conn: _HotConnection) -> None:
+        """Close a connection taken with :meth:`take` instead of giving it back."""
+        conn.close()
+        self._slots.release()
 
     def _disposed(self, _engine: Engine) -> None:
         self.discard_idle()
