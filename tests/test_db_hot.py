@@ -5,7 +5,7 @@ compaction that keeps psycopg's parse cache working."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
@@ -23,6 +23,15 @@ def engine(pg_url: str) -> Iterator[Engine]:
 
 def _backend(engine: Engine) -> int:
     return int(run_raw(engine, "SELECT pg_backend_pid() AS pid", {})[0]["pid"])
+
+
+def _at_once(statement: Callable[[], None], times: int) -> None:
+    """Run ``statement`` on ``times`` threads at once and wait for all."""
+    threads = [threading.Thread(target=statement) for _ in range(times)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 def _terminate(pg_url: str, pids: list[int]) -> None:
@@ -60,11 +69,7 @@ def test_a_terminated_backend_fails_once_and_its_idle_siblings_are_not_reused(en
         barrier.wait()
         pids.add(int(run_raw(engine, "SELECT pg_backend_pid() AS pid, pg_sleep(0.2) AS slept", {})[0]["pid"]))
 
-    threads = [threading.Thread(target=busy) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _at_once(busy, 3)
     assert len(pids) >= 3, pids
     _terminate(pg_url, sorted(pids))
     with pytest.raises(psycopg.OperationalError):
@@ -136,11 +141,7 @@ def test_at_most_the_limit_are_open_at_once_and_a_statement_waits_for_one(engine
     def slow() -> None:
         pids.append(int(run_raw(engine, "SELECT pg_backend_pid() AS pid, pg_sleep(0.3) AS slept", {})[0]["pid"]))
 
-    threads = [threading.Thread(target=slow) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _at_once(slow, 4)
     assert len(pids) == 4 and len(set(pids)) <= 2, pids
 
     hot.WAIT_SECONDS = 0.1

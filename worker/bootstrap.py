@@ -9,7 +9,6 @@ from functools import partial
 from typing import Any
 
 import dramatiq
-from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy.engine import Engine
 
 from integrations.apns import ApnsProvider
@@ -299,7 +298,7 @@ def build_app(
             engine,
             clock,
             hold=timedelta(seconds=min(2.0, settings.outbox.grace_seconds / 2)),
-            broker_epoch=epoch.current if isinstance(broker, RedisBroker) else None,
+            broker_epoch=epoch.current,
         ),
         metrics_job=MetricsRollup(engine, clock, settings.metrics),
         retention_job=Retention(engine, clock, settings),

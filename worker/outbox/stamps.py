@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from functools import partial
 
 import structlog
-from sqlalchemy import update
+from sqlalchemy import ColumnElement, update
 from sqlalchemy.engine import Engine
 from sqlmodel import col
 
@@ -46,7 +46,7 @@ _STAMP_PG = pyformat(
 )
 _UNSTAMP_PG = pyformat(
     "UPDATE notification SET enqueued_at = NULL WHERE id = ANY(CAST(:ids AS bigint[])) AND enqueued_at = :at "
-    "AND state = 'pending'"
+    "AND state = 'pending' RETURNING id"
 )
 #: The broker's epoch could not be read (the broker is away): nothing is vouched for against it.
 UNREADABLE = object()
@@ -83,11 +83,9 @@ class EnqueueStamps:
             self._epoch_seen = self._read_epoch()
         return self._epoch_seen
 
-    def add(self, notification_id: int, epoch: object = _UNSEEN) -> None:
+    def add(self, notification_id: int, epoch: object) -> None:
         """Remember a row whose message was just put on the broker, with :meth:`epoch_before_enqueue`'s answer
-        taken before it was (without one, the epoch as last read now: for rows queued before this call)."""
-        if epoch is _UNSEEN:
-            epoch = self.epoch_before_enqueue()
+        taken before it was."""
         with self._lock:
             self._pending.append((time.monotonic(), epoch, notification_id))
             if self._thread is None and not self._stopped:
@@ -114,11 +112,11 @@ class EnqueueStamps:
         if len(ids) < len(taken):
             log.warning("outbox.stamps_skipped", rows=len(taken) - len(ids), reason="broker epoch changed")
         at = self._clock.now()
-        stamped = self._write(ids, at) if ids else 0
+        stamped = self._write(partial(self._stamp, ids, at), len(ids)) if ids else 0
         after = self._read_epoch()
         self._epoch_seen = after
         if stamped and after != before:  # lost while we stamped: take the stamps back, the relay queues them
-            self._write(ids, at, unstamp=True)
+            self._write(partial(self._unstamp, ids, at), len(ids))
             log.warning("outbox.stamps_withdrawn", rows=stamped, reason="broker epoch changed")
             return 0
         return stamped
@@ -132,27 +130,31 @@ class EnqueueStamps:
             log.warning("outbox.broker_epoch_unread", error=type(exc).__name__)
             return UNREADABLE
 
-    def _write(self, ids: list[int], at: datetime, *, unstamp: bool = False) -> int:
+    def _write(self, write: Callable[[], int], rows: int) -> int:
         try:
-            return retry_transient(partial(self._stamp, ids, at, unstamp), seconds=2.0)
+            return retry_transient(write, seconds=2.0)
         except Exception as exc:  # the relay's grace covers what stays unstamped
-            log.warning("outbox.stamp_failed", rows=len(ids), error=type(exc).__name__)
+            log.warning("outbox.stamp_failed", rows=rows, error=type(exc).__name__)
             return 0
 
-    def _stamp(self, ids: list[int], at: datetime, unstamp: bool) -> int:
+    def _stamp(self, ids: list[int], at: datetime) -> int:
+        """Stamp those of ``ids`` still pending and unstamped; how many were."""
         if self._engine.dialect.name == "postgresql":
-            if unstamp:
-                run_raw(self._engine, _UNSTAMP_PG, {"ids": ids, "at": at})
-                return 0
             return len(run_raw(self._engine, _STAMP_PG, {"ids": ids, "now": at}))
-        mine = col(Notification.id).in_(ids), col(Notification.state) == State.PENDING
+        return self._update(ids, col(Notification.enqueued_at).is_(None), at)
+
+    def _unstamp(self, ids: list[int], at: datetime) -> int:
+        """Take back the stamps written at ``at`` on those of ``ids`` still pending; how many were."""
+        if self._engine.dialect.name == "postgresql":
+            return len(run_raw(self._engine, _UNSTAMP_PG, {"ids": ids, "at": at}))
+        return self._update(ids, col(Notification.enqueued_at) == at, None)
+
+    def _update(self, ids: list[int], stamp_is: ColumnElement[bool], value: datetime | None) -> int:
         with session_scope(self._engine) as session:
             result = session.execute(
                 update(Notification)
-                .where(
-                    *mine, col(Notification.enqueued_at) == at if unstamp else col(Notification.enqueued_at).is_(None)
-                )
-                .values(enqueued_at=None if unstamp else at)
+                .where(col(Notification.id).in_(ids), col(Notification.state) == State.PENDING, stamp_is)
+                .values(enqueued_at=value)
                 .execution_options(synchronize_session=False)
             )
             return int(result.rowcount)  # type: ignore[attr-defined]
